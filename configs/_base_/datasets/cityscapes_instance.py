@@ -1,0 +1,55 @@
+from omegaconf import OmegaConf
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+
+from d2_finetune.data import register_cityscapes
+from d2_finetune.evaluation import OfficialCityscapesInstanceEvaluator
+
+dataloader = OmegaConf.create()
+
+# Run by scripts/train_net.py in every process. root=None: $DETECTRON2_DATASETS or ./datasets,
+# holding cityscapes/{leftImg8bit,gtFine}/<split>/<city>/.
+dataloader.register = L(register_cityscapes)(root=None)
+
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="cityscapes_ft_instance_train"),
+    mapper=L(DatasetMapper)(
+        is_train=True,
+        augmentations=[
+            # MMDetection's Cityscapes recipe: short side 800-1024 in steps of 32, long side <= 2048.
+            L(T.ResizeShortestEdge)(
+                short_edge_length=(800, 832, 864, 896, 928, 960, 992, 1024),
+                sample_style="choice",
+                max_size=2048,
+            ),
+            L(T.RandomFlip)(horizontal=True),
+        ],
+        image_format="BGR",
+        use_instance_mask=True,
+        # Masks are exact rasterisations of the gtFine polygons, stored as RLE.
+        instance_mask_format="bitmask",
+    ),
+    total_batch_size=8,
+    num_workers=4,
+)
+
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="cityscapes_ft_instance_val", filter_empty=False),
+    mapper=L(DatasetMapper)(
+        is_train=False,
+        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=1024, max_size=2048)],
+        image_format="${...train.mapper.image_format}",
+    ),
+    num_workers=4,
+)
+
+dataloader.evaluator = L(OfficialCityscapesInstanceEvaluator)(
+    dataset_name="${..test.dataset.names}",
+)

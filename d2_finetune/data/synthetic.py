@@ -1,0 +1,274 @@
+"""Synthetic datasets written in the exact on-disk formats of real ones.
+
+Used by the tests, the demo and the benchmarks, where no real data can be downloaded. Each
+object class has its own look (shape, colour, size), the same in every dataset, so a model
+trained on one format transfers to another by class name, as COCO models do to Cityscapes.
+
+* :func:`make_cityscapes` -- ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and
+  ``gtFine/<split>/<city>/*_gtFine_{polygons.json,instanceIds.png,labelIds.png,color.png}``,
+  the PNGs rasterised by cityscapesscripts' own functions (instance ids saved as 16-bit PNGs).
+* :func:`make_coco` -- a COCO instances json (all 80 COCO categories with their real ids) and
+  its images.
+"""
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["APPEARANCE", "make_cityscapes", "make_coco", "render_objects", "write_uint16_png"]
+
+# name: (shape, RGB colour, height range as a fraction of the image height, width / height)
+APPEARANCE = {
+    "person": ("ellipse", (200, 40, 40), (0.22, 0.42), 0.42),
+    "rider": ("pentagon", (235, 130, 30), (0.22, 0.40), 0.65),
+    "car": ("rect", (40, 70, 210), (0.14, 0.24), 2.0),
+    "truck": ("lshape", (20, 150, 150), (0.20, 0.32), 1.7),
+    "bus": ("rect", (225, 205, 40), (0.20, 0.30), 2.8),
+    "train": ("rect", (40, 165, 60), (0.14, 0.20), 4.5),
+    "motorcycle": ("diamond", (150, 50, 205), (0.14, 0.24), 1.3),
+    "bicycle": ("triangle", (70, 205, 235), (0.16, 0.26), 1.3),
+    "dog": ("pentagon", (130, 80, 40), (0.14, 0.22), 1.4),
+    "stop sign": ("octagon", (200, 0, 110), (0.12, 0.20), 1.0),
+    "airplane": ("cross", (235, 235, 235), (0.16, 0.26), 1.6),
+}
+
+# Cityscapes "stuff" drawn behind the objects: label name and image colour.
+_STUFF = [("sky", (110, 150, 200)), ("building", (95, 90, 85)), ("road", (75, 70, 80))]
+_CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt"], "test": ["berlin"]}
+
+
+def _shape_polygon(shape, cx, cy, w, h):
+    """Integer polygon of ``shape`` centred at (cx, cy) with size w x h."""
+    x0, x1, y0, y1 = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2
+    if shape == "ellipse":
+        pts = [
+            (cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
+            for t in np.linspace(0, 2 * math.pi, 18, endpoint=False)
+        ]
+    elif shape == "rect":
+        pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    elif shape == "lshape":
+        pts = [(x0, y0 + h * 0.35), (cx + w * 0.15, y0 + h * 0.35), (cx + w * 0.15, y0),
+               (x1, y0), (x1, y1), (x0, y1)]
+    elif shape == "diamond":
+        pts = [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
+    elif shape == "triangle":
+        pts = [(cx, y0), (x1, y1), (x0, y1)]
+    elif shape == "pentagon":
+        pts = [(cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
+               for t in np.linspace(-math.pi / 2, 1.5 * math.pi, 5, endpoint=False)]
+    elif shape == "octagon":
+        pts = [(cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
+               for t in np.linspace(math.pi / 8, 2.125 * math.pi, 8, endpoint=False)]
+    elif shape == "cross":
+        a, b = w * 0.18, h * 0.2
+        pts = [(x0, cy - b), (cx - a, cy - b), (cx - a, y0), (cx + a, y0), (cx + a, cy - b),
+               (x1, cy - b), (x1, cy + b), (cx + a, cy + b), (cx + a, y1), (cx - a, y1),
+               (cx - a, cy + b), (x0, cy + b)]
+    else:
+        raise ValueError(f"unknown shape {shape}")
+    return [[int(round(x)), int(round(y))] for x, y in pts]
+
+
+def _sample_object(rng, name, width, height, horizon):
+    shape, _, (hmin, hmax), aspect = APPEARANCE[name]
+    h = rng.uniform(hmin, hmax) * height
+    w = min(h * aspect * rng.uniform(0.85, 1.15), width * 0.6)
+    cx = rng.uniform(w / 2, width - w / 2)
+    cy = rng.uniform(max(horizon, h / 2), height - h / 2)
+    return _shape_polygon(shape, cx, cy, w, h)
+
+
+def _box(polygon):
+    xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _overlap(a, b):
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+def render_objects(rng, size, class_names, num_objects, allow_overlap, horizon_frac=0.35):
+    """Lay out ``num_objects`` objects; returns [(class name, polygon)] in drawing order."""
+    width, height = size
+    horizon = height * horizon_frac
+    placed = []
+    for _ in range(num_objects):
+        name = class_names[rng.integers(len(class_names))]
+        for _attempt in range(30):
+            poly = _sample_object(rng, name, width, height, horizon)
+            box = _box(poly)
+            if allow_overlap or not any(_overlap(box, _box(p)) for _, p in placed):
+                placed.append((name, poly))
+                break
+    return placed
+
+
+def _paint(rng, size, layers):
+    """An RGB image: each (polygon, colour) painted in order, with per-object colour jitter
+    and sensor-like noise."""
+    image = Image.new("RGB", size, (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    for polygon, colour in layers:
+        jitter = rng.integers(-20, 21, size=3)
+        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter))
+        draw.polygon([tuple(p) for p in polygon], fill=fill)
+    arr = np.asarray(image).astype(np.int16)
+    arr = arr + rng.normal(0, 6, size=arr.shape).astype(np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def write_uint16_png(path, array):
+    """Save an integer array as a 16-bit PNG (Pillow cannot write mode "I" PNGs)."""
+    array = np.asarray(array)
+    if array.min() < 0 or array.max() > 65535:
+        raise ValueError(f"values out of the uint16 range for {path}")
+    Image.fromarray(array.astype(np.uint16)).save(path)
+
+
+def _stuff_polygons(rng, width, height):
+    horizon = int(height * rng.uniform(0.3, 0.4))
+    roofline = int(height * rng.uniform(0.1, 0.2))
+    return [
+        ("sky", [[0, 0], [width, 0], [width, roofline], [0, roofline]]),
+        ("building", [[0, roofline], [width, roofline], [width, horizon], [0, horizon]]),
+        ("road", [[0, horizon], [width, horizon], [width, height], [0, height]]),
+    ]
+
+
+def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
+                    objects_per_image=(3, 7), group_prob=0.25):
+    """Write a synthetic Cityscapes (gtFine) dataset under ``<root>/cityscapes``.
+
+    Args:
+        root: the folder that will hold ``cityscapes/``.
+        splits: {split: number of images}, default {"train": 8, "val": 4}.
+        size: (width, height) of every image.
+        classes: object classes to draw (Cityscapes thing classes by default).
+        objects_per_image: inclusive range of instance objects per image.
+        group_prob: chance that an image also holds a ``<class>group`` (crowd) region.
+
+    Returns:
+        dict: split -> list of image paths.
+    """
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+    from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
+    from .cityscapes import CITYSCAPES_THING_CLASSES
+
+    splits = splits or {"train": 8, "val": 4}
+    classes = list(classes or CITYSCAPES_THING_CLASSES)
+    stuff_colour = dict(_STUFF)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    written = {}
+    for split, count in splits.items():
+        cities = _CITIES.get(split, [split])
+        written[split] = []
+        for i in range(count):
+            city = cities[i % len(cities)]
+            stem = f"{city}_{i:06d}_000019"
+            img_dir = os.path.join(root, "cityscapes", "leftImg8bit", split, city)
+            gt_dir = os.path.join(root, "cityscapes", "gtFine", split, city)
+            os.makedirs(img_dir, exist_ok=True)
+            os.makedirs(gt_dir, exist_ok=True)
+
+            objects = [{"label": n, "polygon": p} for n, p in _stuff_polygons(rng, width, height)]
+            layers = [(o["polygon"], stuff_colour[o["label"]]) for o in objects]
+            if rng.random() < group_prob:
+                name = classes[rng.integers(len(classes))]
+                poly = _sample_object(rng, name, width, height, height * 0.35)
+                objects.append({"label": name + "group", "polygon": poly})
+                layers.append((poly, APPEARANCE[name][1]))
+            lo, hi = objects_per_image
+            for name, poly in render_objects(rng, size, classes, int(rng.integers(lo, hi + 1)),
+                                             allow_overlap=True):
+                objects.append({"label": name, "polygon": poly})
+                layers.append((poly, APPEARANCE[name][1]))
+                if name == "car" and rng.random() < 0.5:  # label id -1: never drawn
+                    x0, y0, x1, y1 = _box(poly)
+                    cx, cy = (x0 + x1) // 2, y1 - max(2, (y1 - y0) // 6)
+                    plate = [[cx - 4, cy - 2], [cx + 4, cy - 2], [cx + 4, cy + 2], [cx - 4, cy + 2]]
+                    objects.append({"label": "license plate", "polygon": plate})
+            image = _paint(rng, size, layers)
+            image_path = os.path.join(img_dir, stem + "_leftImg8bit.png")
+            image.save(image_path)
+
+            json_path = os.path.join(gt_dir, stem + "_gtFine_polygons.json")
+            with open(json_path, "w") as f:
+                json.dump({"imgHeight": height, "imgWidth": width, "objects": objects}, f)
+            annotation = Annotation()
+            annotation.fromJsonFile(json_path)
+            write_uint16_png(
+                os.path.join(gt_dir, stem + "_gtFine_instanceIds.png"),
+                np.asarray(createInstanceImage(annotation, "ids")),
+            )
+            createLabelImage(annotation, "ids").save(os.path.join(gt_dir, stem + "_gtFine_labelIds.png"))
+            createLabelImage(annotation, "color").save(os.path.join(gt_dir, stem + "_gtFine_color.png"))
+            written[split].append(image_path)
+    return written
+
+
+def make_coco(out_dir, num_images=16, size=(512, 256), classes=None, seed=0,
+              objects_per_image=(3, 6), image_ext="jpg"):
+    """Write a synthetic COCO-format dataset: ``<out_dir>/images/`` and ``<out_dir>/annotations.json``.
+
+    The json lists all 80 COCO categories with their real (non-contiguous) ids, so a model
+    trained on it has COCO's head shapes. Objects do not overlap, so polygons are exact.
+
+    Returns:
+        (json path, image folder)
+    """
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    categories = [
+        {"id": c["id"], "name": c["name"], "supercategory": "thing"}
+        for c in COCO_CATEGORIES if c["isthing"]
+    ]
+    name_to_id = {c["name"]: c["id"] for c in categories}
+    classes = list(classes or ["person", "car", "truck", "bus", "train", "motorcycle",
+                               "bicycle", "dog", "stop sign", "airplane"])
+    missing = [c for c in classes if c not in name_to_id]
+    if missing:
+        raise ValueError(f"not COCO category names: {missing}")
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    width, height = size
+    images, annotations = [], []
+    for i in range(num_images):
+        lo, hi = objects_per_image
+        placed = render_objects(rng, size, classes, int(rng.integers(lo, hi + 1)),
+                                allow_overlap=False, horizon_frac=0.0)
+        layers = [(p, APPEARANCE[n][1]) for n, p in placed]
+        background = [[0, 0], [width, 0], [width, height], [0, height]]
+        tint = tuple(int(v) for v in rng.integers(60, 140, size=3))
+        image = _paint(rng, size, [(background, tint)] + layers)
+        file_name = f"{i:012d}.{image_ext}"
+        image.save(os.path.join(image_dir, file_name))
+        images.append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
+        for name, poly in placed:
+            x0, y0, x1, y1 = _box(poly)
+            flat = [float(v) for p in poly for v in p]
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": i + 1,
+                "category_id": name_to_id[name],
+                "segmentation": [flat],
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": float(_polygon_area(poly)),
+                "iscrowd": 0,
+            })
+    json_path = os.path.join(out_dir, "annotations.json")
+    with open(json_path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return json_path, image_dir
+
+
+def _polygon_area(poly):
+    xs = np.array([p[0] for p in poly], dtype=float)
+    ys = np.array([p[1] for p in poly], dtype=float)
+    return 0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1)))

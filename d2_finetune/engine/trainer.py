@@ -1,0 +1,220 @@
+"""A detectron2 DefaultTrainer that runs from a LazyConfig."""
+import copy
+import logging
+import time
+import weakref
+from contextlib import nullcontext
+
+import torch
+
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model, default_writers
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.solver import LRMultiplier
+from detectron2.utils import comm
+
+from ..checkpoint import FinetuneCheckpointer
+from ..errors import CheckpointError, ConfigError
+
+__all__ = ["FinetuneTrainer", "AutocastTrainer", "autocast_context"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16}
+
+
+def _amp_dtype(cfg):
+    name = cfg.train.amp.get("dtype", "float16")
+    if name not in _DTYPES:
+        raise ConfigError(f"train.amp.dtype must be float16 or bfloat16, got {name!r}.")
+    return _DTYPES[name]
+
+
+def autocast_context(cfg):
+    """``torch.autocast`` for the config's device when ``train.amp.enabled``, else a no-op."""
+    if not cfg.train.amp.enabled:
+        return nullcontext()
+    return torch.autocast(torch.device(cfg.train.device).type, dtype=_amp_dtype(cfg))
+
+
+class AutocastTrainer(AMPTrainer):
+    """detectron2's AMPTrainer on any device: ``torch.autocast(device_type, dtype)``.
+
+    Loss scaling is used for float16 on CUDA only; bfloat16 needs none.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, device_type, precision, **kwargs):
+        scaler = torch.amp.GradScaler(
+            device_type, enabled=(device_type == "cuda" and precision == torch.float16)
+        )
+        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision,
+                         **kwargs)
+        self.device_type = device_type
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        with torch.autocast(self.device_type, dtype=self.precision):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                losses = loss_dict
+                loss_dict = {"total_loss": loss_dict}
+            else:
+                losses = sum(loss_dict.values())
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+
+class FinetuneTrainer(DefaultTrainer):
+    """detectron2's DefaultTrainer, built from a LazyConfig instead of a yacs CfgNode.
+
+    Model, optimizer, loaders, LR schedule, evaluators and hooks all come from the config:
+    ``model``, ``optimizer``, ``dataloader.{train,test,evaluator}``, ``lr_multiplier`` and
+    ``train``. Weights are loaded through :class:`FinetuneCheckpointer`.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        self.cfg = cfg
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, **cfg.train.ddp)
+        if cfg.train.amp.enabled:
+            self._trainer = AutocastTrainer(
+                model, data_loader, optimizer,
+                device_type=torch.device(cfg.train.device).type, precision=_amp_dtype(cfg),
+            )
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.train.max_iter
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = instantiate(cfg.model)
+        model.to(torch.device(cfg.train.device))
+        logging.getLogger(__name__).info("Model:\n{}".format(model))
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        optimizer_cfg = copy.deepcopy(cfg.optimizer)
+        optimizer_cfg.params.model = model
+        return instantiate(optimizer_cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return instantiate(cfg.dataloader.train)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name=None):
+        return instantiate(cfg.dataloader.test)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name=None, output_folder=None):
+        evaluator = instantiate(cfg.dataloader.evaluator)
+        if isinstance(evaluator, (list, tuple)):
+            evaluator = DatasetEvaluators(list(evaluator))
+        return evaluator
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
+
+    @classmethod
+    def build_checkpointer(cls, cfg, model, **checkpointables):
+        return FinetuneCheckpointer(
+            model,
+            cfg.train.output_dir,
+            target_classes=train_classes(cfg),
+            class_map=cfg.train.get("class_map", "auto"),
+            strict=cfg.train.get("strict_transfer", True),
+            **checkpointables,
+        )
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=self.scheduler),
+        ]
+        if comm.is_main_process():
+            ret.append(
+                hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
+            )
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period))
+        return ret
+
+    def build_writers(self):
+        return default_writers(self.cfg.train.output_dir, self.max_iter)
+
+    def resume_or_load(self, resume=True):
+        """Resume from ``last_checkpoint`` in the output dir if ``resume`` and one exists;
+        else load ``train.init_checkpoint`` (skipping only the class-dependent layers)."""
+        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+
+    def train(self):
+        TrainerBase.train(self, self.start_iter, self.max_iter)
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        data_loader = cls.build_test_loader(cfg)
+        evaluator = evaluators if evaluators is not None else cls.build_evaluator(cfg)
+        with autocast_context(cfg):
+            results = inference_on_dataset(model, data_loader, evaluator)
+        if comm.is_main_process():
+            print_csv_format(results)
+        return results
+
+    @classmethod
+    def evaluate_checkpoint(cls, cfg):
+        """``--eval-only``: evaluate the weights in ``train.init_checkpoint`` as they are."""
+        model = cls.build_model(cfg)
+        checkpointer = cls.build_checkpointer(cfg, model)
+        checkpointer.load(cfg.train.init_checkpoint)
+        if checkpointer.skipped:
+            names = ", ".join(k for k, _, _ in checkpointer.skipped)
+            raise CheckpointError(
+                f"{cfg.train.init_checkpoint} does not fit this model's classes ({names} differ "
+                "in shape): evaluating it would score a randomly initialised head. Evaluate a "
+                "checkpoint fine-tuned with this config (e.g. <output_dir>/model_final.pth)."
+            )
+        model = create_ddp_model(model)
+        return cls.test(cfg, model)
+
+
+def train_classes(cfg):
+    """Class names of the training dataset(s), from their registered metadata."""
+    names = cfg.dataloader.train.dataset.get("names")
+    if names is None:
+        return None
+    names = [names] if isinstance(names, str) else list(names)
+    classes = MetadataCatalog.get(names[0]).get("thing_classes")
+    return list(classes) if classes is not None else None

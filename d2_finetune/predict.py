@@ -1,0 +1,122 @@
+"""Predictions as pictures and JSON, for single images or folders."""
+import json
+import logging
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .errors import UserError
+
+__all__ = ["Predictor", "predict_images", "list_images", "instances_to_json"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class Predictor:
+    """Run a config's model on single images, with the config's test-time resizing.
+
+    Args:
+        cfg: the LazyConfig (``model``, ``dataloader.test``, ``train.device``).
+        model: a model with weights already loaded.
+    """
+
+    def __init__(self, cfg, model):
+        self.model = model.eval()
+        self.augmentations = T.AugmentationList(
+            [instantiate(a) for a in cfg.dataloader.test.mapper.augmentations]
+        )
+        self.input_format = cfg.model.get("input_format", "BGR")
+        self.device = torch.device(cfg.train.device)
+
+    @torch.no_grad()
+    def __call__(self, image_bgr):
+        height, width = image_bgr.shape[:2]
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
+        inputs = {"image": tensor.to(self.device), "height": height, "width": width}
+        return self.model([inputs])[0]["instances"].to("cpu")
+
+
+def list_images(path):
+    """The image files at ``path`` (a file, or a folder searched recursively), sorted."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UserError(f"--input {path}: no such file or folder.")
+    found = []
+    for folder, _, files in os.walk(path):
+        found.extend(os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not found:
+        raise UserError(f"--input {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder.")
+    return sorted(found)
+
+
+def instances_to_json(instances, class_names):
+    records = []
+    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
+    for i in range(len(instances)):
+        record = {
+            "class": class_names[int(instances.pred_classes[i])],
+            "class_id": int(instances.pred_classes[i]),
+            "score": round(float(instances.scores[i]), 5),
+            "bbox_xyxy": [round(float(v), 2) for v in instances.pred_boxes.tensor[i]],
+        }
+        if masks is not None:
+            rle = mask_util.encode(np.asfortranarray(masks[i].astype(np.uint8)))
+            record["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        records.append(record)
+    return records
+
+
+def predict_images(predictor, paths, output_dir, metadata_name, confidence=0.5, input_root=None):
+    """Write ``<name>.png`` (visualised) and ``<name>.json`` for each image into ``output_dir``.
+
+    Output names mirror the inputs' paths relative to ``input_root`` and never leave
+    ``output_dir``.
+
+    Returns:
+        list[str]: the JSON files written.
+    """
+    metadata = MetadataCatalog.get(metadata_name)
+    class_names = metadata.get("thing_classes")
+    output_root = os.path.realpath(output_dir)
+    os.makedirs(output_root, exist_ok=True)
+    written = []
+    for path in paths:
+        rel = os.path.relpath(path, input_root) if input_root else os.path.basename(path)
+        stem = os.path.splitext(rel)[0]
+        target = os.path.realpath(os.path.join(output_root, stem))
+        if os.path.commonpath([target, output_root]) != output_root:
+            raise UserError(f"Refusing to write {target}: outside the output folder {output_root}.")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        image = read_image(path, format="BGR")
+        instances = predictor(image)
+        instances = instances[instances.scores >= confidence]
+        visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.SEGMENTATION)
+        visualizer.draw_instance_predictions(instances).save(target + ".png")
+        with open(target + ".json", "w") as f:
+            json.dump(
+                {
+                    "file_name": os.path.abspath(path),
+                    "height": int(image.shape[0]),
+                    "width": int(image.shape[1]),
+                    "instances": instances_to_json(instances, class_names),
+                },
+                f,
+                indent=1,
+            )
+        written.append(target + ".json")
+    logger.info(f"Wrote {len(written)} predictions to {output_root}")
+    return written

@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Fine-tune (or evaluate) a detector from a LazyConfig.
+
+    python scripts/train_net.py --config-file configs/cityscapes_ft.py [--num-gpus N] \
+        [--resume] [--eval-only] [key=value ...]
+"""
+from detectron2.engine import launch
+
+from d2_finetune.data import register_datasets
+from d2_finetune.engine import FinetuneTrainer, argument_parser, setup, user_errors
+
+
+def main(args):
+    with user_errors(args.debug):
+        cfg = setup(args)
+        register_datasets(cfg)
+        if args.eval_only:
+            return FinetuneTrainer.evaluate_checkpoint(cfg)
+        trainer = FinetuneTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+
+
+if __name__ == "__main__":
+    args = argument_parser(__doc__).parse_args()
+    with user_errors(args.debug):
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="d2_finetune",
+    version="0.1.0",
+    description="Fine-tune COCO-pretrained Detectron2 detectors on new datasets",
+    packages=find_packages(include=["d2_finetune", "d2_finetune.*"]),
+    python_requires=">=3.9",
+    # detectron2 is not on PyPI under its own name: `make` (scripts/setup_env.py) installs it,
+    # keeping a source build that is already importable.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "fvcore",
+        "iopath",
+        "pycocotools>=2.0.2",
+        "cityscapesscripts",
+        "shapely",
+        "opencv-python-headless<4.11",
+        "numpy<2",  # cityscapesscripts' evaluator calls np.in1d
+        "setuptools<81",  # detectron2.model_zoo imports pkg_resources
+        "omegaconf>=2.1,<2.4",
+        "hydra-core>=1.1",
+        "matplotlib",
+        "tensorboard",
+        "tabulate",
+        "tqdm",
+        "Pillow",
+    ],
+    extras_require={"test": ["pytest"]},
+)
