@@ -179,13 +179,21 @@ def _target_params(node):
             target = locate(target)
         except ImportError:
             return None
-    try:
-        params = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params]
+    # A class whose __init__ takes **kwargs usually passes them to its base class (detectron2's
+    # StandardROIHeads -> ROIHeads): follow the MRO until an __init__ without **kwargs.
+    callables = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(
+        target
+    ) else [target]
+    names = []
+    for fn in callables:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return [n for n in names if n != "self"]
+    return None
 
 
 def _target_name(node):

@@ -1,15 +1,10 @@
 """Shared fixtures: small synthetic datasets in real on-disk formats, and tiny configs."""
 import os
-import warnings
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
-
-# Third-party deprecation noise (pkg_resources, torch.jit, meshgrid) that is not ours to fix.
-warnings.filterwarnings("ignore", category=UserWarning, module="detectron2.model_zoo")
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +50,32 @@ def _fmt(value):
     return str(value)
 
 
+@pytest.fixture(scope="session")
+def tiny_init(cityscapes_root, tmp_path_factory):
+    """A random init of the tiny 8-class model whose FrozenBN statistics are calibrated on a
+    training batch (an uncalibrated random FrozenBN network diverges at once)."""
+    import torch
+
+    from d2_finetune.demo import make_calibrated_init
+
+    path = str(tmp_path_factory.mktemp("tiny_init") / "init.pth")
+    out = str(tmp_path_factory.mktemp("tiny_init_out"))
+    torch.manual_seed(0)
+    make_calibrated_init(DEMO_CONFIG, tiny_overrides(cityscapes_root, out), path)
+    return path
+
+
 @pytest.fixture
-def tiny_cfg(cityscapes_root, tmp_path):
-    """A function returning the tiny demo config (datasets registered), with extra overrides."""
+def tiny_cfg(cityscapes_root, tiny_init, tmp_path):
+    """A function returning the tiny demo config (datasets registered, starting from
+    ``tiny_init``), with extra overrides given as keyword arguments with dotted names."""
     from d2_finetune.config import load_config
     from d2_finetune.data import register_datasets
     from d2_finetune.engine import resolve_device
 
     def make(config=DEMO_CONFIG, output_dir=None, **extra):
         out = output_dir or str(tmp_path / "out")
+        extra.setdefault("train.init_checkpoint", tiny_init)
         cfg = resolve_device(load_config(config, tiny_overrides(cityscapes_root, out, **extra)))
         register_datasets(cfg)
         return cfg

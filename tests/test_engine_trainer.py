@@ -1,0 +1,90 @@
+import json
+import os
+
+import pytest
+import torch
+
+from d2_finetune.engine import FinetuneTrainer
+from d2_finetune.errors import CheckpointError
+
+
+def test_a_few_iterations_train_and_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(output_dir=str(tmp_path / "run"))
+    trainer = FinetuneTrainer(cfg)
+    assert trainer.model.roi_heads.box_predictor.cls_score.out_features == 9
+    trainer.resume_or_load(resume=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.iter == cfg.train.max_iter  # TrainerBase leaves iter one past the last step
+    after = trainer.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("roi_heads.box_predictor") for k in changed)
+    # freeze_at=2: the stem and res2 do not train.
+    assert not [k for k in changed if k.startswith(("backbone.bottom_up.stem", "backbone.bottom_up.res2"))]
+    out = tmp_path / "run"
+    assert {"model_0000001.pth", "model_0000003.pth", "model_final.pth", "last_checkpoint"} <= set(os.listdir(out))
+    with open(out / "metrics.json") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [0, 1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in rows if "total_loss" in r)
+    # The LR follows lr_multiplier: warmup 1 iteration, step at 3.
+    lrs = {r["iteration"]: r["lr"] for r in rows if "lr" in r}
+    base = cfg.optimizer.lr
+    assert lrs[0] == pytest.approx(base * cfg.lr_multiplier.warmup_factor)
+    assert lrs[1] == pytest.approx(base)
+    assert lrs[3] == pytest.approx(base * 0.1)
+
+
+def test_resume_continues_at_the_next_iteration(tiny_cfg, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    saved = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 4, "lr_multiplier.steps": [1]})
+    resumed = FinetuneTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert resumed.scheduler.last_epoch == 2
+    resumed.train()
+    assert resumed.iter == 4
+
+
+def test_without_resume_a_run_starts_from_init_checkpoint(tiny_cfg, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    first = FinetuneTrainer(cfg)
+    first.resume_or_load(resume=False)
+    first.train()
+    again = FinetuneTrainer(cfg)
+    again.resume_or_load(resume=False)
+    assert again.start_iter == 0
+
+
+def test_eval_only_evaluates_a_fine_tuned_checkpoint(tiny_cfg, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
+                   **{"train.init_checkpoint": os.path.join(out, "model_final.pth")})
+    results = FinetuneTrainer.evaluate_checkpoint(cfg)
+    flat = json.dumps(results)
+    assert "AP" in flat
+
+
+def test_eval_only_refuses_a_checkpoint_whose_head_does_not_fit(tiny_cfg, tmp_path):
+    out = str(tmp_path / "coco")
+    cfg = tiny_cfg(output_dir=out, **{"model.roi_heads.num_classes": 80})
+    model = FinetuneTrainer.build_model(cfg)
+    os.makedirs(out)
+    torch.save({"model": model.state_dict()}, os.path.join(out, "coco.pth"))
+    cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
+                   **{"train.init_checkpoint": os.path.join(out, "coco.pth")})
+    with pytest.raises(CheckpointError, match=r"does not fit this model's classes.*cls_score"):
+        FinetuneTrainer.evaluate_checkpoint(cfg)
