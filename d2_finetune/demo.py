@@ -125,11 +125,10 @@ def run_demo(output_dir="output/demo", num_train=60, num_val=20, predictions=4):
     _banner("4/4  Prediction pictures")
     cfg = resolve_device(load_config(FINETUNE_CONFIG, finetune))
     register_datasets(cfg)
-    from .checkpoint import FinetuneCheckpointer
     from .predict import Predictor, list_images, predict_images
 
-    model = FinetuneTrainer.build_model(cfg)
-    FinetuneCheckpointer(model).load(os.path.join(p["finetune"], "model_final.pth"))
+    cfg.train.init_checkpoint = os.path.join(p["finetune"], "model_final.pth")
+    model = FinetuneTrainer.load_for_inference(cfg)
     images = list_images(os.path.join(p["data"], "cityscapes", "leftImg8bit", "val"))[:predictions]
     predict_images(Predictor(cfg, model), images, p["predictions"], "cityscapes_ft_instance_val")
     print(f"Wrote {len(images)} pictures and JSON files to {p['predictions']}")

@@ -11,11 +11,15 @@ from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from .config import load_config
+from .engine.cli import resolve_device
+from .engine.trainer import FinetuneTrainer
 from .errors import UserError
 
-__all__ = ["Predictor", "predict_images", "list_images", "instances_to_json"]
+__all__ = ["Predictor", "predict_images", "list_images", "instances_to_json", "run_predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,3 +124,19 @@ def predict_images(predictor, paths, output_dir, metadata_name, confidence=0.5, 
         written.append(target + ".json")
     logger.info(f"Wrote {len(written)} predictions to {output_root}")
     return written
+
+
+def run_predict(args, register):
+    """``scripts/predict.py``: load the config and weights (``train.init_checkpoint``), predict."""
+    setup_logger(name="d2_finetune")
+    if not 0 <= args.confidence <= 1:
+        raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}.")
+    cfg = resolve_device(load_config(args.config_file, args.opts))
+    register(cfg)
+    paths = list_images(args.input)
+    model = FinetuneTrainer.load_for_inference(cfg)
+    dataset = cfg.dataloader.test.dataset.names
+    dataset = dataset if isinstance(dataset, str) else dataset[0]
+    root = args.input if os.path.isdir(args.input) else None
+    return predict_images(Predictor(cfg, model), paths, args.output, dataset,
+                          confidence=args.confidence, input_root=root)

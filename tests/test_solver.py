@@ -65,3 +65,63 @@ def test_no_warmup():
 def test_bad_schedules_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         warmup_multistep(**kwargs)
+
+
+def schedule_cfg(*overrides):
+    import os
+
+    from d2_finetune.config import load_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return load_config(os.path.join(repo, "configs", "cityscapes_ft.py"), list(overrides))
+
+
+def test_epochs_reproduce_the_tutorials_iterations():
+    from d2_finetune.solver import resolve_schedule
+
+    stated = schedule_cfg()
+    cfg = schedule_cfg("train.epochs=8", "train.repeat=8", "train.step_epochs=[7]",
+                       "train.max_iter=1", "lr_multiplier.steps=[]")
+    rows = dict(resolve_schedule(cfg, dataset_size=2975))
+    assert cfg.train.max_iter == stated.train.max_iter == 23800
+    assert list(cfg.lr_multiplier.steps) == list(stated.lr_multiplier.steps) == [20825]
+    assert rows["iterations per epoch"] == "ceil(2975 x 8 / 8) = 2975"
+    assert rows["batch"] == "8 total = 8 images per GPU x 1 GPU(s)"
+
+
+def test_epochs_round_up_partial_batches_and_follow_the_batch():
+    from d2_finetune.solver import resolve_schedule
+
+    cfg = schedule_cfg("train.epochs=2", "train.step_epochs=[1]", "dataloader.train.total_batch_size=16")
+    resolve_schedule(cfg, dataset_size=100, world_size=4)
+    assert cfg.train.max_iter == 2 * 7  # ceil(100 / 16) = 7 iterations per epoch
+    assert list(cfg.lr_multiplier.steps) == [7]
+
+
+def test_linear_lr_scaling_from_a_reference_batch():
+    from d2_finetune.solver import resolve_schedule
+
+    cfg = schedule_cfg("optimizer.reference_batch=8", "dataloader.train.total_batch_size=16")
+    rows = dict(resolve_schedule(cfg, world_size=2))
+    assert cfg.optimizer.lr == pytest.approx(0.02)
+    assert rows["lr scaling"] == "0.01 x 16 / 8 = 0.02"
+    assert rows["batch"] == "16 total = 8 images per GPU x 2 GPU(s)"
+    unscaled = schedule_cfg()
+    resolve_schedule(unscaled)
+    assert unscaled.optimizer.lr == 0.01
+
+
+@pytest.mark.parametrize(
+    "overrides, size, world, message",
+    [
+        ([], None, 3, r"total_batch_size=8 is not divisible by the 3 processes"),
+        (["train.epochs=8", "train.step_epochs=[8]"], 10, 1, r"step_epochs \[8\] must lie strictly between 0 and train\.epochs=8"),
+        (["train.epochs=8", "train.repeat=0"], 10, 1, r"train\.repeat must be an integer >= 1"),
+        (["train.epochs=8"], 0, 1, r"train\.epochs needs a non-empty training dataset"),
+    ],
+)
+def test_bad_epoch_schedules_are_refused(overrides, size, world, message):
+    from d2_finetune.solver import resolve_schedule
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_schedule(schedule_cfg(*overrides), dataset_size=size, world_size=world)

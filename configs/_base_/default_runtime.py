@@ -14,9 +14,22 @@ train = dict(
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     seed=-1,  # -1: a random seed per run (logged); >= 0: reproducible
     device="auto",  # "auto" = cuda when available, else cpu
+    # Keep model_best.pth by this evaluation metric ("max" or "min" is better).
+    best_metric=dict(name="cityscapes/AP", mode="max"),
+    patience=0,  # stop after this many evaluations without a new best; 0 = never stop early
+    val_loss_period=0,  # iterations between validation-loss passes (dataloader.val_loss); 0 = off
+    # Schedule in epochs instead of max_iter/steps: iterations are counted from the dataset
+    # size and the total batch. repeat = passes per epoch (MMDetection's RepeatDataset times).
+    epochs=None,
+    step_epochs=None,
+    repeat=1,
+    freeze=[],  # glob patterns of parameter names not to train, on top of freeze_at
+    plots=True,  # PNG plots of losses, LR and metrics in <output_dir>/plots/
 )
 
 optimizer = model_zoo.get_config("common/optim.py").SGD
+# With a batch size here, the LR scales linearly to the actual dataloader.train.total_batch_size.
+optimizer.reference_batch = None
 
 # Step decay with linear warmup, with the semantics of detectron2.solver.WarmupMultiStepLR.
 lr_multiplier = L(warmup_multistep)(

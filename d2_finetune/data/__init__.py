@@ -4,9 +4,11 @@ from omegaconf import ListConfig
 
 from .cityscapes import CITYSCAPES_THING_CLASSES, load_cityscapes_instances, register_cityscapes
 from .coco import register_coco_dataset
+from .common import fixed_subset
 
 __all__ = [
     "CITYSCAPES_THING_CLASSES",
+    "fixed_subset",
     "load_cityscapes_instances",
     "register_cityscapes",
     "register_coco_dataset",

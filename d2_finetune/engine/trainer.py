@@ -1,22 +1,28 @@
 """A detectron2 DefaultTrainer that runs from a LazyConfig."""
 import copy
+import fnmatch
 import logging
+import os
 import time
 import weakref
 from contextlib import nullcontext
 
 import torch
+from tabulate import tabulate
 
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model, default_writers
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, JSONWriter
 
 from ..checkpoint import FinetuneCheckpointer
 from ..errors import CheckpointError, ConfigError
+from ..solver import resolve_schedule
+from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
 
 __all__ = ["FinetuneTrainer", "AutocastTrainer", "autocast_context"]
 
@@ -89,7 +95,10 @@ class FinetuneTrainer(DefaultTrainer):
     def __init__(self, cfg):
         TrainerBase.__init__(self)
         self.cfg = cfg
+        self._stop_reason = None
+        self.schedule = self.resolve_schedule(cfg)
         model = self.build_model(cfg)
+        freeze_parameters(model, cfg.train.get("freeze") or [])
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, **cfg.train.ddp)
@@ -105,6 +114,18 @@ class FinetuneTrainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
         self.register_hooks(self.build_hooks())
+        if comm.is_main_process():
+            LazyConfig.save(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
+
+    @classmethod
+    def resolve_schedule(cls, cfg):
+        """Epochs to iterations, LR scaling, batch check; logs the resolved schedule."""
+        dataset_size = None
+        if cfg.train.get("epochs") is not None:
+            dataset_size = len(instantiate(cfg.dataloader.train.dataset))
+        rows = resolve_schedule(cfg, dataset_size, comm.get_world_size())
+        logger.info("Schedule:\n" + tabulate(rows, tablefmt="simple"))
+        return rows
 
     @classmethod
     def build_model(cls, cfg):
@@ -116,6 +137,7 @@ class FinetuneTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         optimizer_cfg = copy.deepcopy(cfg.optimizer)
+        optimizer_cfg.pop("reference_batch", None)  # used by resolve_schedule only
         optimizer_cfg.params.model = model
         return instantiate(optimizer_cfg)
 
@@ -165,8 +187,21 @@ class FinetuneTrainer(DefaultTrainer):
             return self._last_eval_results
 
         ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results))
+        best = cfg.train.get("best_metric")
+        if best:
+            ret.append(BestCheckpointer(cfg.train.eval_period, self.checkpointer, best.name,
+                                        mode=best.get("mode", "max"),
+                                        patience=cfg.train.get("patience", 0)))
+        val_period = cfg.train.get("val_loss_period", 0)
+        if val_period:
+            ret.append(ValidationLoss(val_period, self.model, instantiate(cfg.dataloader.val_loss)))
         if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period))
+            writers = self.build_writers()
+            json_writers = [w for w in writers if isinstance(w, JSONWriter)]
+            if cfg.train.get("plots", True) and json_writers:
+                # Before PeriodicWriter, which closes the writers when training ends.
+                ret.append(PlotWriter(json_writers[0], cfg.train.eval_period))
+            ret.append(hooks.PeriodicWriter(writers, period=cfg.train.log_period))
         return ret
 
     def build_writers(self):
@@ -179,8 +214,35 @@ class FinetuneTrainer(DefaultTrainer):
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
 
+    def request_stop(self, reason):
+        """Stop training after the current iteration (used by early stopping)."""
+        self._stop_reason = reason
+
     def train(self):
-        TrainerBase.train(self, self.start_iter, self.max_iter)
+        """Run training; the loop of detectron2's TrainerBase.train, plus early stopping."""
+        start_iter, max_iter = self.start_iter, self.max_iter
+        logger.info(f"Starting training from iteration {start_iter}")
+        self.iter = start_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self._stop_reason:
+                        break
+                else:
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        if self._stop_reason:
+            logger.info(self._stop_reason)
+            if comm.is_main_process():
+                self.checkpointer.save("model_final", iteration=self.iter)
         return getattr(self, "_last_eval_results", None)
 
     @classmethod
@@ -194,8 +256,9 @@ class FinetuneTrainer(DefaultTrainer):
         return results
 
     @classmethod
-    def evaluate_checkpoint(cls, cfg):
-        """``--eval-only``: evaluate the weights in ``train.init_checkpoint`` as they are."""
+    def load_for_inference(cls, cfg):
+        """The model with the weights of ``train.init_checkpoint``, refusing weights whose
+        class-dependent layers do not fit (they would predict with a random head)."""
         model = cls.build_model(cfg)
         checkpointer = cls.build_checkpointer(cfg, model)
         checkpointer.load(cfg.train.init_checkpoint)
@@ -206,7 +269,12 @@ class FinetuneTrainer(DefaultTrainer):
                 "in shape): evaluating it would score a randomly initialised head. Evaluate a "
                 "checkpoint fine-tuned with this config (e.g. <output_dir>/model_final.pth)."
             )
-        model = create_ddp_model(model)
+        return model
+
+    @classmethod
+    def evaluate_checkpoint(cls, cfg):
+        """``--eval-only``: evaluate the weights in ``train.init_checkpoint`` as they are."""
+        model = create_ddp_model(cls.load_for_inference(cfg))
         return cls.test(cfg, model)
 
 
@@ -218,3 +286,26 @@ def train_classes(cfg):
     names = [names] if isinstance(names, str) else list(names)
     classes = MetadataCatalog.get(names[0]).get("thing_classes")
     return list(classes) if classes is not None else None
+
+
+def freeze_parameters(model, patterns):
+    """Stop gradients for parameters whose names match any glob pattern in ``patterns``
+    (``train.freeze``), on top of the backbone's ``freeze_at``; log the trainable count."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(
+                f"train.freeze pattern {pattern!r} matches no parameter of the model "
+                f"(names look like {names[0]!r}, {names[-1]!r})."
+            )
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            param.requires_grad_(False)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = total - trainable
+    logger.info(
+        f"Trainable parameters: {trainable:,} of {total:,} ({frozen:,} frozen by the backbone's "
+        f"freeze_at and train.freeze={list(patterns)})"
+    )
+    return trainable

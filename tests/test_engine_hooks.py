@@ -1,0 +1,154 @@
+"""Evaluation during training, best checkpoint, early stopping, validation loss, plots."""
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.config import instantiate
+from detectron2.utils.events import EventStorage
+
+from d2_finetune.checkpoint import FinetuneCheckpointer
+from d2_finetune.engine import FinetuneTrainer
+from d2_finetune.engine.hooks import ValidationLoss
+
+
+@pytest.fixture
+def scripted_metric(monkeypatch):
+    """Make evaluation return the next value of a script instead of running the evaluator."""
+    values = []
+
+    def fake_test(cls, cfg, model, evaluators=None):
+        return {"cityscapes": {"AP": values.pop(0), "AP50": 0.0}}
+
+    monkeypatch.setattr(FinetuneTrainer, "test", classmethod(fake_test))
+    return values
+
+
+def state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_best_checkpoint_holds_the_best_evaluations_weights(tiny_cfg, tmp_path, scripted_metric):
+    scripted_metric += [10.0, 30.0, 20.0, 5.0]
+    out = tmp_path / "run"
+    cfg = tiny_cfg(output_dir=str(out), **{"train.eval_period": 1, "train.checkpointer.period": 1})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    best = state(out / "model_best.pth")
+    at_best = state(out / "model_0000001.pth")  # the 2nd evaluation (30.0) ran after iteration 1
+    assert best["iteration"] == 1
+    assert best["best_metric"] == {"cityscapes/AP": 30.0}
+    for k, v in at_best["model"].items():
+        assert torch.equal(best["model"][k], v), k
+    final = state(out / "model_final.pth")
+    assert any(not torch.equal(final["model"][k], v) for k, v in at_best["model"].items())
+    with open(out / "model_best.json") as f:
+        assert json.load(f) == {"metric": "cityscapes/AP", "value": 30.0, "iteration": 1,
+                                "evals_without_improvement": 2}
+
+
+def test_early_stopping_stops_and_says_so(tiny_cfg, tmp_path, scripted_metric, caplog):
+    scripted_metric += [10.0, 9.0, 8.0, 7.0]
+    out = tmp_path / "run"
+    cfg = tiny_cfg(output_dir=str(out), **{"train.eval_period": 1, "train.patience": 2})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with caplog.at_level("INFO", logger="d2_finetune"):
+        trainer.train()
+    assert trainer.iter == 2  # evaluations after iterations 0, 1, 2; the last two did not improve
+    assert scripted_metric == [7.0]
+    assert "Early stopping at iteration 2: cityscapes/AP has not improved for 2 evaluations" in caplog.text
+    assert state(out / "model_final.pth")["iteration"] == 2
+    assert state(out / "model_best.pth")["iteration"] == 0
+
+
+def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(output_dir=str(out), **{"train.val_loss_period": 2, "train.max_iter": 2,
+                                           "lr_multiplier.steps": [1],
+                                           "dataloader.val_loss.dataset.size": 2})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    with open(out / "metrics.json") as f:
+        rows = [json.loads(line) for line in f]
+    logged = [r for r in rows if "val_total_loss" in r]
+    assert len(logged) == 1 and logged[0]["iteration"] == 1
+    assert {"val_loss_cls", "val_loss_box_reg", "val_loss_mask", "val_loss_rpn_cls"} <= set(logged[0])
+
+    model = FinetuneTrainer.build_model(cfg)
+    FinetuneCheckpointer(model).load(str(out / "model_final.pth"))
+    model.train()
+    loader = instantiate(cfg.dataloader.val_loss)
+    images = sum(len(b) for b in loader)
+    assert images == 2
+    torch.manual_seed(0)
+    sums = {}
+    with torch.no_grad(), EventStorage():
+        for batch in loader:
+            for k, v in model(batch).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+    manual = {"val_" + k: v / images for k, v in sums.items()}
+    for k, v in manual.items():
+        assert logged[0][k] == pytest.approx(v, rel=1e-5), k
+    assert logged[0]["val_total_loss"] == pytest.approx(sum(manual.values()), rel=1e-5)
+    # The hook seeds its own RNG stream and leaves training's untouched.
+    hook = ValidationLoss(1, model, loader, seed=0)
+    with EventStorage():
+        rng = torch.get_rng_state()
+        a, b = hook.compute(), hook.compute()
+        assert torch.equal(rng, torch.get_rng_state())
+    assert a == b
+
+
+def test_frozen_parameters_do_not_change(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(output_dir=str(tmp_path / "run"),
+                   **{"train.freeze": ["roi_heads.box_head.*", "backbone.fpn_output2.*"]})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    frozen = [k for k in before if k.startswith(("roi_heads.box_head.", "backbone.fpn_output2."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["roi_heads.box_predictor.cls_score.weight"],
+                           after["roi_heads.box_predictor.cls_score.weight"])
+
+
+def test_a_freeze_pattern_that_matches_nothing_is_an_error(tiny_cfg):
+    from d2_finetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.freeze pattern 'backbone\.nothing\*' matches no parameter"):
+        FinetuneTrainer(tiny_cfg(**{"train.freeze": ["backbone.nothing*"]}))
+
+
+def test_bf16_autocast_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(output_dir=str(tmp_path / "run"),
+                   **{"train.amp.enabled": True, "train.amp.dtype": "bfloat16", "train.max_iter": 2,
+                      "lr_multiplier.steps": [1], "train.eval_period": 2})
+    trainer = FinetuneTrainer(cfg)
+    assert type(trainer._trainer).__name__ == "AutocastTrainer"
+    assert trainer._trainer.precision == torch.bfloat16
+    assert not trainer._trainer.grad_scaler.is_enabled()
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    assert results  # the evaluation at the end ran under autocast
+    with open(tmp_path / "run" / "metrics.json") as f:
+        losses = [json.loads(line)["total_loss"] for line in f if "total_loss" in line]
+    assert len(losses) == 2 and all(l == l and l < 100 for l in losses)
+
+
+def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
+    scripted_metric += [1.0, 2.0, 3.0, 4.0]
+    out = tmp_path / "run"
+    cfg = tiny_cfg(output_dir=str(out), **{"train.eval_period": 2})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    for name in ("losses.png", "lr.png", "metrics.png"):
+        with Image.open(out / "plots" / name) as im:
+            im.verify()
+        assert os.path.getsize(out / "plots" / name) > 5000
