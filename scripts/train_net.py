@@ -5,25 +5,32 @@
         [--resume] [--eval-only] [key=value ...]
 """
 from detectron2.engine import launch
+from detectron2.engine.defaults import create_ddp_model
 
 from d2_finetune.data import register_datasets
-from d2_finetune.engine import FinetuneTrainer, argument_parser, setup, user_errors
+from d2_finetune.engine import FinetuneTrainer, argument_parser, load, setup, startup_guard, user_errors
 
 
 def main(args):
     with user_errors(args.debug):
-        cfg = setup(args)
-        register_datasets(cfg)
+        cfg = load(args)
+        with startup_guard(cfg.train.output_dir):  # a failed start leaves no files behind
+            setup(cfg, args)
+            register_datasets(cfg)
+            if args.eval_only:
+                model = FinetuneTrainer.load_for_inference(cfg)
+            else:
+                trainer = FinetuneTrainer(cfg)
+                trainer.resume_or_load(resume=args.resume)
         if args.eval_only:
-            return FinetuneTrainer.evaluate_checkpoint(cfg)
-        trainer = FinetuneTrainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
+            return FinetuneTrainer.test(cfg, create_ddp_model(model))
         return trainer.train()
 
 
 if __name__ == "__main__":
     args = argument_parser(__doc__).parse_args()
     with user_errors(args.debug):
+        load(args)  # report config errors once, before starting worker processes
         launch(
             main,
             args.num_gpus,

@@ -238,6 +238,7 @@ def register_cityscapes(root=None, source="polygons"):
             image_dir=image_dir,
             gt_dir=gt_dir,
             evaluator_type="cityscapes_instance",
+            download_hint=DOWNLOAD_HINT.format(root=dataset_root(root)),
         )
         names.append(name)
     return names

@@ -11,8 +11,9 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
 from ..errors import ConfigError, UserError
+from .checks import check_config, check_init_checkpoint, check_output_dir, check_world_size
 
-__all__ = ["argument_parser", "setup", "user_errors", "resolve_device"]
+__all__ = ["argument_parser", "load", "setup", "user_errors", "resolve_device"]
 
 
 def argument_parser(description=None):
@@ -41,12 +42,20 @@ def resolve_device(cfg):
     return cfg
 
 
-def setup(args):
-    """Load the config with the command-line overrides, set up logging, save the config."""
+def load(args):
+    """The config with the command-line overrides, checked; writes nothing."""
     if not args.config_file:
         raise ConfigError("No config file given: pass --config-file, e.g. configs/cityscapes_ft.py.")
-    cfg = load_config(args.config_file, args.opts)
-    resolve_device(cfg)
+    check_world_size(args.num_gpus, args.num_machines)
+    cfg = resolve_device(load_config(args.config_file, args.opts))
+    check_config(cfg, world_size=args.num_gpus * args.num_machines)
+    check_init_checkpoint(cfg, resume=getattr(args, "resume", False))
+    return cfg
+
+
+def setup(cfg, args):
+    """Logging (console and ``<output_dir>/log.txt``), environment info, seeds; saves the config."""
+    check_output_dir(cfg.train.output_dir)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2_finetune",
                  abbrev_name="d2ft")
@@ -65,8 +74,17 @@ def user_errors(debug=False):
     except UserError as e:
         if debug:
             raise
-        logging.getLogger("d2_finetune").debug("user error", exc_info=True)
-        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        print(f"ERROR: {_short(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
     except torch.multiprocessing.ProcessExitedException as e:
         sys.exit(e.exit_code or 1)
+
+
+def _short(error):
+    """The message of ``error``; for one re-raised from a DataLoader worker, only the original
+    message, not the worker's traceback that PyTorch folds into it."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -11,7 +11,7 @@ import torch
 from tabulate import tabulate
 
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetFromList, MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model, default_writers
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
@@ -20,11 +20,14 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter
 
 from ..checkpoint import FinetuneCheckpointer
-from ..errors import CheckpointError, ConfigError
+from ..data.samplers import ResumableTrainingSampler
+from ..errors import CheckpointError, ConfigError, DatasetError, UserError
 from ..solver import resolve_schedule
+from .checks import check_output_dir, checkpoint_bytes
 from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
+from .state import RNGState
 
-__all__ = ["FinetuneTrainer", "AutocastTrainer", "autocast_context"]
+__all__ = ["FinetuneTrainer", "AutocastTrainer", "TrainingDivergedError", "autocast_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ def autocast_context(cfg):
     if not cfg.train.amp.enabled:
         return nullcontext()
     return torch.autocast(torch.device(cfg.train.device).type, dtype=_amp_dtype(cfg))
+
+
+class TrainingDivergedError(UserError):
+    """A loss or prediction became NaN or infinite."""
 
 
 class AutocastTrainer(AMPTrainer):
@@ -96,11 +103,13 @@ class FinetuneTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         self.cfg = cfg
         self._stop_reason = None
-        self.schedule = self.resolve_schedule(cfg)
+        data_loader, self._sampler, dataset_size = self._build_train_data(cfg)
+        self.schedule = self.resolve_schedule(cfg, dataset_size)
         model = self.build_model(cfg)
+        if comm.is_main_process():
+            check_output_dir(cfg.train.output_dir, checkpoint_bytes(model))
         freeze_parameters(model, cfg.train.get("freeze") or [])
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, **cfg.train.ddp)
         if cfg.train.amp.enabled:
             self._trainer = AutocastTrainer(
@@ -110,7 +119,9 @@ class FinetuneTrainer(DefaultTrainer):
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.checkpointer = self.build_checkpointer(
+            cfg, model, trainer=weakref.proxy(self), rng=RNGState()
+        )
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
         self.register_hooks(self.build_hooks())
@@ -118,11 +129,8 @@ class FinetuneTrainer(DefaultTrainer):
             LazyConfig.save(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
 
     @classmethod
-    def resolve_schedule(cls, cfg):
+    def resolve_schedule(cls, cfg, dataset_size):
         """Epochs to iterations, LR scaling, batch check; logs the resolved schedule."""
-        dataset_size = None
-        if cfg.train.get("epochs") is not None:
-            dataset_size = len(instantiate(cfg.dataloader.train.dataset))
         rows = resolve_schedule(cfg, dataset_size, comm.get_world_size())
         logger.info("Schedule:\n" + tabulate(rows, tablefmt="simple"))
         return rows
@@ -143,7 +151,24 @@ class FinetuneTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return instantiate(cfg.dataloader.train)
+        return cls._build_train_data(cfg)[0]
+
+    @classmethod
+    def _build_train_data(cls, cfg):
+        """The train loader, with a :class:`ResumableTrainingSampler` (seeded by ``train.seed``)
+        unless the config names a sampler; returns (loader, sampler, dataset size)."""
+        loader_cfg = copy.deepcopy(cfg.dataloader.train)
+        dataset = instantiate(loader_cfg.dataset)
+        if not len(dataset):
+            raise DatasetError(
+                f"The training dataset {cfg.dataloader.train.dataset.get('names')} has no images "
+                "left after filtering (images without annotations are dropped for training)."
+            )
+        if loader_cfg.get("sampler") is None:
+            seed = cfg.train.get("seed", -1)
+            loader_cfg.sampler = ResumableTrainingSampler(len(dataset), seed=seed if seed >= 0 else None)
+        loader_cfg.dataset = DatasetFromList(dataset, copy=False)
+        return instantiate(loader_cfg), loader_cfg.sampler, len(dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
@@ -213,6 +238,8 @@ class FinetuneTrainer(DefaultTrainer):
         self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+            if isinstance(self._sampler, ResumableTrainingSampler):
+                self._sampler.skip(self.start_iter * self.cfg.dataloader.train.total_batch_size)
 
     def request_stop(self, reason):
         """Stop training after the current iteration (used by early stopping)."""
@@ -234,6 +261,8 @@ class FinetuneTrainer(DefaultTrainer):
                         break
                 else:
                     self.iter += 1
+            except FloatingPointError as e:
+                raise TrainingDivergedError(self._divergence_message(e)) from e
             except Exception:
                 logger.exception("Exception during training:")
                 raise
@@ -244,6 +273,26 @@ class FinetuneTrainer(DefaultTrainer):
             if comm.is_main_process():
                 self.checkpointer.save("model_final", iteration=self.iter)
         return getattr(self, "_last_eval_results", None)
+
+    def _divergence_message(self, error):
+        text = str(error)
+        if "loss_dict = " in text:
+            losses = text.split("loss_dict = ", 1)[1].strip()
+        else:
+            latest = self.storage.latest()
+            losses = "last logged " + ", ".join(
+                f"{k}={v:.4g}" for k, (v, _) in sorted(latest.items()) if "loss" in k
+            ) if latest else "no losses logged yet"
+        last = self.checkpointer.get_checkpoint_file()
+        kept = (
+            f"The last good checkpoint, {last}, is intact and named in last_checkpoint"
+            if last else "No checkpoint was saved before it"
+        )
+        return (
+            f"Training diverged at iteration {self.iter} (a loss or prediction became NaN/Inf: "
+            f"{losses}). {kept}. Lower optimizer.lr or lengthen lr_multiplier.warmup_iters, "
+            "then rerun with --resume."
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

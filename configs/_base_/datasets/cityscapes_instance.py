@@ -3,13 +3,13 @@ from omegaconf import OmegaConf
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 
 from d2_finetune.data import fixed_subset, register_cityscapes
+from d2_finetune.data.mapper import DatasetMapper
 from d2_finetune.evaluation import OfficialCityscapesInstanceEvaluator
 
 dataloader = OmegaConf.create()

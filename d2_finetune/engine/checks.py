@@ -1,0 +1,133 @@
+"""Checks that run before a job writes anything or starts training, so bad input fails fast."""
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+
+import torch
+
+from detectron2.config import instantiate
+from detectron2.utils import comm
+
+from ..errors import CheckpointError, ConfigError, UserError
+
+__all__ = ["check_config", "check_init_checkpoint", "check_output_dir", "check_world_size", "startup_guard"]
+
+logger = logging.getLogger(__name__)
+
+
+def _positive_int(value, key, allow_zero=False):
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{key} must be {'a non-negative' if allow_zero else 'a positive'} integer, got {value!r}.")
+
+
+def check_config(cfg, world_size=1):
+    """Refuse nonsense values with a message naming the key, before anything runs."""
+    train = cfg.train
+    if train.get("epochs") is None:
+        _positive_int(train.max_iter, "train.max_iter")
+        instantiate(cfg.lr_multiplier)  # validates steps and warmup against max_iter
+    else:
+        if not (isinstance(train.epochs, (int, float)) and train.epochs > 0):
+            raise ConfigError(f"train.epochs must be a positive number, got {train.epochs!r}.")
+    lr = cfg.optimizer.get("lr")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}.")
+    batch = cfg.dataloader.train.get("total_batch_size")
+    _positive_int(batch, "dataloader.train.total_batch_size")
+    if batch % world_size:
+        raise ConfigError(
+            f"dataloader.train.total_batch_size={batch} is not divisible by the {world_size} "
+            "processes (GPUs) of this run: use a multiple of the GPU count."
+        )
+    _positive_int(train.eval_period, "train.eval_period", allow_zero=True)
+    _positive_int(train.log_period, "train.log_period")
+    _positive_int(train.checkpointer.period, "train.checkpointer.period")
+    _positive_int(train.get("patience", 0), "train.patience", allow_zero=True)
+    _positive_int(train.get("val_loss_period", 0), "train.val_loss_period", allow_zero=True)
+    amp_dtype = train.amp.get("dtype", "float16")
+    if amp_dtype not in ("float16", "fp16", "bfloat16", "bf16"):
+        raise ConfigError(f"train.amp.dtype must be float16 or bfloat16, got {amp_dtype!r}.")
+    best = train.get("best_metric")
+    if best and best.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"train.best_metric.mode must be 'max' or 'min', got {best.mode!r}.")
+    num_classes = cfg.model.get("roi_heads", {}).get("num_classes")
+    if num_classes is not None:
+        _positive_int(num_classes, "model.roi_heads.num_classes")
+    if not train.get("output_dir"):
+        raise ConfigError("train.output_dir is empty: set it to a folder for logs and checkpoints.")
+
+
+def check_world_size(num_gpus, num_machines):
+    if num_gpus < 1 or num_machines < 1:
+        raise ConfigError(f"--num-gpus and --num-machines must be at least 1, got {num_gpus} and {num_machines}.")
+    if torch.cuda.is_available() and num_gpus > torch.cuda.device_count():
+        raise ConfigError(
+            f"--num-gpus {num_gpus} but this machine has {torch.cuda.device_count()} GPU(s)."
+        )
+
+
+def check_init_checkpoint(cfg, resume):
+    """A local ``train.init_checkpoint`` must exist (URLs are fetched when loaded)."""
+    path = cfg.train.get("init_checkpoint") or ""
+    if not path or "://" in path:
+        return
+    if resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint")):
+        return
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"train.init_checkpoint={path}: no such file. Point it at a checkpoint "
+            "(.pkl or .pth), or set train.init_checkpoint='' to start from random weights."
+        )
+
+
+def check_output_dir(path, needed_bytes=0):
+    """``path`` can be created and written, and has ``needed_bytes`` free."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{uuid.uuid4().hex}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"train.output_dir={path} is not writable ({e.strerror}): choose a folder you can write to."
+        ) from e
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise ConfigError(
+            f"train.output_dir={path} has {free / 2**20:.0f} MiB free but checkpoints need about "
+            f"{needed_bytes / 2**20:.0f} MiB: free some space or choose another folder."
+        )
+
+
+def checkpoint_bytes(model):
+    """Room for two checkpoints (the new one is written before the old one is removed), each
+    holding the weights and an SGD momentum buffer."""
+    params = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    return 2 * 2 * params
+
+
+@contextlib.contextmanager
+def startup_guard(output_dir):
+    """If starting a job fails with a :class:`UserError`, remove what it created in
+    ``output_dir`` (a failed start leaves no half-written outputs behind)."""
+    existed = os.path.isdir(output_dir)
+    before = set(os.listdir(output_dir)) if existed else set()
+    try:
+        yield
+    except UserError:
+        if not comm.is_main_process():
+            raise
+        if not existed:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        elif os.path.isdir(output_dir):
+            for name in set(os.listdir(output_dir)) - before:
+                target = os.path.join(output_dir, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    os.remove(target)
+        raise
