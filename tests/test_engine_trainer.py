@@ -88,3 +88,42 @@ def test_eval_only_refuses_a_checkpoint_whose_head_does_not_fit(tiny_cfg, tmp_pa
                    **{"train.init_checkpoint": os.path.join(out, "coco.pth")})
     with pytest.raises(CheckpointError, match=r"does not fit this model's classes.*cls_score"):
         FinetuneTrainer.evaluate_checkpoint(cfg)
+
+
+class CapturePredictions:
+    """A DatasetEvaluator that keeps the raw predictions."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def reset(self):
+        self.seen = {}
+
+    def process(self, inputs, outputs):
+        for x, y in zip(inputs, outputs):
+            inst = y["instances"].to("cpu")
+            self.seen[x["file_name"]] = (inst.pred_boxes.tensor, inst.scores, inst.pred_classes,
+                                         inst.pred_masks)
+
+    def evaluate(self):
+        return {}
+
+
+def test_batched_evaluation_gives_the_same_predictions(tiny_cfg):
+    one, batched = CapturePredictions(), CapturePredictions()
+    cfg = tiny_cfg(**{"dataloader.test.batch_size": 1})
+    model = FinetuneTrainer.load_for_inference(cfg)
+    FinetuneTrainer.test(cfg, model, evaluators=one)
+    cfg = tiny_cfg(**{"dataloader.test.batch_size": 3})
+    assert len(FinetuneTrainer.build_test_loader(cfg)) == 1  # the 3 val images in one forward
+    FinetuneTrainer.test(cfg, model, evaluators=batched)
+    assert one.seen.keys() == batched.seen.keys() and len(one.seen) == 3
+    detections = 0
+    for name, (boxes, scores, classes, masks) in one.seen.items():
+        b_boxes, b_scores, b_classes, b_masks = batched.seen[name]
+        assert torch.equal(classes, b_classes)
+        assert torch.allclose(boxes, b_boxes, atol=1e-3)
+        assert torch.allclose(scores, b_scores, atol=1e-5)
+        assert (masks != b_masks).float().mean() < 1e-3
+        detections += len(classes)
+    assert detections > 0

@@ -29,8 +29,6 @@ dataloader.train.mapper.augmentations[0].max_size = 576
 dataloader.test.mapper.augmentations[0].short_edge_length = 256
 dataloader.test.mapper.augmentations[0].max_size = 512
 dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 1
-dataloader.test.num_workers = 1
 
 # A few hundred iterations; the tutorial's lr and warmup shape, scaled to batch 2.
 optimizer.lr = 0.01 * 2 / 8 * 2

@@ -42,9 +42,21 @@ def _amp_dtype(cfg):
     return _DTYPES[name]
 
 
-def autocast_context(cfg):
-    """``torch.autocast`` for the config's device when ``train.amp.enabled``, else a no-op."""
+def amp_enabled(cfg):
+    """``train.amp.enabled``, except float16 on a CPU (slow there, and without loss scaling
+    it underflows): that runs in float32 with a warning; bfloat16 runs on any device."""
     if not cfg.train.amp.enabled:
+        return False
+    if torch.device(cfg.train.device).type == "cpu" and _amp_dtype(cfg) == torch.float16:
+        logger.warning("train.amp: float16 needs a GPU; running in float32 on the CPU "
+                       "(train.amp.dtype=bfloat16 gives mixed precision on CPUs).")
+        return False
+    return True
+
+
+def autocast_context(cfg):
+    """``torch.autocast`` for the config's device when AMP is on (see :func:`amp_enabled`)."""
+    if not amp_enabled(cfg):
         return nullcontext()
     return torch.autocast(torch.device(cfg.train.device).type, dtype=_amp_dtype(cfg))
 
@@ -111,7 +123,7 @@ class FinetuneTrainer(DefaultTrainer):
         freeze_parameters(model, cfg.train.get("freeze") or [])
         optimizer = self.build_optimizer(cfg, model)
         model = create_ddp_model(model, **cfg.train.ddp)
-        if cfg.train.amp.enabled:
+        if amp_enabled(cfg):
             self._trainer = AutocastTrainer(
                 model, data_loader, optimizer,
                 device_type=torch.device(cfg.train.device).type, precision=_amp_dtype(cfg),
@@ -157,7 +169,7 @@ class FinetuneTrainer(DefaultTrainer):
     def _build_train_data(cls, cfg):
         """The train loader, with a :class:`ResumableTrainingSampler` (seeded by ``train.seed``)
         unless the config names a sampler; returns (loader, sampler, dataset size)."""
-        loader_cfg = copy.deepcopy(cfg.dataloader.train)
+        loader_cfg = with_workers(cfg.dataloader.train)
         dataset = instantiate(loader_cfg.dataset)
         if not len(dataset):
             raise DatasetError(
@@ -172,7 +184,7 @@ class FinetuneTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
-        return instantiate(cfg.dataloader.test)
+        return instantiate(with_workers(cfg.dataloader.test))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name=None, output_folder=None):
@@ -219,7 +231,8 @@ class FinetuneTrainer(DefaultTrainer):
                                         patience=cfg.train.get("patience", 0)))
         val_period = cfg.train.get("val_loss_period", 0)
         if val_period:
-            ret.append(ValidationLoss(val_period, self.model, instantiate(cfg.dataloader.val_loss)))
+            loader = instantiate(with_workers(cfg.dataloader.val_loss))
+            ret.append(ValidationLoss(val_period, self.model, loader))
         if comm.is_main_process():
             writers = self.build_writers()
             json_writers = [w for w in writers if isinstance(w, JSONWriter)]
@@ -325,6 +338,22 @@ class FinetuneTrainer(DefaultTrainer):
         """``--eval-only``: evaluate the weights in ``train.init_checkpoint`` as they are."""
         model = create_ddp_model(cls.load_for_inference(cfg))
         return cls.test(cfg, model)
+
+
+def default_num_workers():
+    """Loader processes per training process: the CPU cores per local GPU process, less one
+    for the training process itself, between 1 and 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_process = cores // max(comm.get_local_size(), 1)
+    return max(1, min(per_process - 1, 16))
+
+
+def with_workers(loader_cfg):
+    """A copy of a loader config with ``num_workers="auto"`` resolved."""
+    loader_cfg = copy.deepcopy(loader_cfg)
+    if loader_cfg.get("num_workers") == "auto":
+        loader_cfg.num_workers = default_num_workers()
+    return loader_cfg
 
 
 def train_classes(cfg):

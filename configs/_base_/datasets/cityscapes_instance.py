@@ -33,11 +33,12 @@ dataloader.train = L(build_detection_train_loader)(
         ],
         image_format="BGR",
         use_instance_mask=True,
-        # Masks are exact rasterisations of the gtFine polygons, stored as RLE.
-        instance_mask_format="bitmask",
+        # Masks are exact rasterisations of the gtFine polygons, kept as crops of their boxes
+        # (the pixels of detectron2's "bitmask" format, without full-image bitmaps).
+        instance_mask_format="cropped",
     ),
     total_batch_size=8,
-    num_workers=4,
+    num_workers="auto",  # CPU cores per GPU process - 1, at most 16
 )
 
 dataloader.test = L(build_detection_test_loader)(
@@ -47,7 +48,8 @@ dataloader.test = L(build_detection_test_loader)(
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=1024, max_size=2048)],
         image_format="${...train.mapper.image_format}",
     ),
-    num_workers=4,
+    batch_size=4,  # images per forward pass in evaluation: the same predictions as one at a time
+    num_workers="auto",
 )
 
 dataloader.evaluator = L(OfficialCityscapesInstanceEvaluator)(
