@@ -18,8 +18,6 @@ import time
 
 import torch
 
-from detectron2.config import instantiate
-
 from .config import load_config
 from .data import register_datasets
 from .data.synthetic import make_cityscapes, make_coco
@@ -84,8 +82,7 @@ def make_calibrated_init(config, overrides, out_file):
     register_datasets(cfg)
     torch.manual_seed(cfg.train.seed if cfg.train.seed >= 0 else 0)
     model = FinetuneTrainer.build_model(cfg)
-    loader = instantiate(cfg.dataloader.train)
-    batch = next(iter(loader))
+    batch = next(iter(FinetuneTrainer.build_train_loader(cfg)))
     count = calibrate_frozen_bn(model, batch)
     os.makedirs(os.path.dirname(out_file), exist_ok=True)
     torch.save({"model": model.state_dict()}, out_file)

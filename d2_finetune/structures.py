@@ -22,7 +22,8 @@ class CroppedMasks:
 
     Attributes:
         data (uint8 tensor): the crops, flattened and concatenated.
-        crops (int64 tensor, K x 5): per stored crop: offset in ``data``, x0, y0, width, height.
+        crops (int64 CPU tensor, K x 5): per stored crop: offset in ``data``, x0, y0, width,
+            height. It stays on the CPU, where the shapes are needed, when the masks move.
         index (int64 tensor, N): which stored crop each of the N masks is (indexing shares crops).
     """
 
@@ -77,7 +78,7 @@ class CroppedMasks:
     def to(self, device, non_blocking=False):
         return CroppedMasks(
             self.data.to(device, non_blocking=non_blocking),
-            self.crops.to(device, non_blocking=non_blocking),
+            self.crops,
             self.index.to(device, non_blocking=non_blocking),
             self.image_size,
         )

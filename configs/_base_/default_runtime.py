@@ -8,11 +8,13 @@ train = dict(
     init_checkpoint="",  # weights to start from: a local file or a detectron2:// / https:// URL
     max_iter=90000,
     eval_period=5000,  # iterations between evaluations; 0 evaluates only at the end
+    eval_after_train=True,  # evaluate once more when training ends
     checkpointer=dict(period=5000, max_to_keep=3),
     log_period=20,
     amp=dict(enabled=False, dtype="float16"),  # mixed precision: float16 (CUDA) or bfloat16
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     seed=-1,  # -1: a random seed per run (logged); >= 0: reproducible
+    cudnn_benchmark=False,  # let cuDNN time its algorithms for each new input shape
     device="auto",  # "auto" = cuda when available, else cpu
     # Keep model_best.pth by this evaluation metric ("max" or "min" is better).
     best_metric=dict(name="cityscapes/AP", mode="max"),

@@ -17,7 +17,14 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["APPEARANCE", "make_cityscapes", "make_coco", "render_objects", "write_uint16_png"]
+__all__ = [
+    "APPEARANCE",
+    "make_cityscapes",
+    "make_cityscapes_parallel",
+    "make_coco",
+    "render_objects",
+    "write_uint16_png",
+]
 
 # name: (shape, RGB colour, height range as a fraction of the image height, width / height)
 APPEARANCE = {
@@ -139,7 +146,7 @@ def _stuff_polygons(rng, width, height):
 
 
 def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
-                    objects_per_image=(3, 7), group_prob=0.25):
+                    objects_per_image=(3, 7), group_prob=0.25, cities=None):
     """Write a synthetic Cityscapes (gtFine) dataset under ``<root>/cityscapes``.
 
     Args:
@@ -149,6 +156,7 @@ def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
         classes: object classes to draw (Cityscapes thing classes by default).
         objects_per_image: inclusive range of instance objects per image.
         group_prob: chance that an image also holds a ``<class>group`` (crowd) region.
+        cities: city folder names to spread the images over (default: real Cityscapes names).
 
     Returns:
         dict: split -> list of image paths.
@@ -166,10 +174,10 @@ def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
     width, height = size
     written = {}
     for split, count in splits.items():
-        cities = _CITIES.get(split, [split])
+        split_cities = cities or _CITIES.get(split, [split])
         written[split] = []
         for i in range(count):
-            city = cities[i % len(cities)]
+            city = split_cities[i % len(split_cities)]
             stem = f"{city}_{i:06d}_000019"
             img_dir = os.path.join(root, "cityscapes", "leftImg8bit", split, city)
             gt_dir = os.path.join(root, "cityscapes", "gtFine", split, city)
@@ -210,6 +218,27 @@ def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
             createLabelImage(annotation, "color").save(os.path.join(gt_dir, stem + "_gtFine_color.png"))
             written[split].append(image_path)
     return written
+
+
+def _cityscapes_chunk(kwargs):
+    return make_cityscapes(**kwargs)
+
+
+def make_cityscapes_parallel(root, split, count, size=(2048, 1024), seed=0, processes=None,
+                             objects_per_image=(16, 20)):
+    """``make_cityscapes`` for one split with several processes: each writes its share of the
+    images into its own city folder (``<split>NN``)."""
+    import multiprocessing as mp
+
+    processes = max(1, min(processes or os.cpu_count() or 1, count))
+    share = -(-count // processes)
+    jobs = [
+        dict(root=root, splits={split: min(share, count - k * share)}, size=size, seed=seed + k,
+             objects_per_image=objects_per_image, cities=[f"{split}{k:02d}"])
+        for k in range(processes) if count - k * share > 0
+    ]
+    with mp.Pool(len(jobs)) as pool:
+        pool.map(_cityscapes_chunk, jobs)
 
 
 def make_coco(out_dir, num_images=16, size=(512, 256), classes=None, seed=0,

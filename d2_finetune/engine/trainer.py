@@ -223,7 +223,8 @@ class FinetuneTrainer(DefaultTrainer):
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 
-        ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results))
+        ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results,
+                                  eval_after_train=cfg.train.get("eval_after_train", True)))
         best = cfg.train.get("best_metric")
         if best:
             ret.append(BestCheckpointer(cfg.train.eval_period, self.checkpointer, best.name,
