@@ -96,20 +96,28 @@ def main():
         yacs.INPUT.MIN_SIZE_TEST, yacs.INPUT.MAX_SIZE_TEST = 128, 256
     stock_loader = DefaultTrainer.build_test_loader(yacs, "cityscapes_ft_instance_val")
 
-    def run(loader_cfg_batch, amp, stock=False):
-        c = cfg_for(loader_cfg_batch, amp)
-        if stock:
-            return lambda: inference_on_dataset(model, stock_loader, NullEvaluator())
-        return lambda: FinetuneTrainer.test(c, model, evaluators=NullEvaluator())
+    from d2_finetune.engine import autocast_context
 
-    run(args.batch, True)()  # warm-up: kernels, allocator, workers
+    def run(loader, amp):
+        """Inference over ``loader`` (built beforehand, as for every path) under AMP or not."""
+        c = cfg_for(1, amp)
+
+        def go():
+            with autocast_context(c):
+                inference_on_dataset(model, loader, NullEvaluator())
+
+        return go
+
+    ours_one = FinetuneTrainer.build_test_loader(cfg_for(1, False))
+    ours_batched = FinetuneTrainer.build_test_loader(cfg_for(args.batch, False))
+    run(ours_batched, True)()  # warm-up: kernels, allocator
     rows = []
     for name, fn in [
-        ("stock test loader, batch 1, fp32", run(1, False, stock=True)),
-        ("ours, batch 1, fp32", run(1, False)),
-        (f"ours, batch {args.batch}, fp32", run(args.batch, False)),
-        ("ours, batch 1, AMP", run(1, True)),
-        (f"ours, batch {args.batch}, AMP", run(args.batch, True)),
+        ("stock test loader, batch 1, fp32", run(stock_loader, False)),
+        ("ours, batch 1, fp32", run(ours_one, False)),
+        (f"ours, batch {args.batch}, fp32", run(ours_batched, False)),
+        ("ours, batch 1, AMP", run(ours_one, True)),
+        (f"ours, batch {args.batch}, AMP", run(ours_batched, True)),
     ]:
         rows.append([name, f"{timed(fn, images):.1f}"])
     print(tabulate(rows, headers=["path", "images/s"]))

@@ -109,6 +109,48 @@ def run_stock(args):
     return cfg.DATALOADER.NUM_WORKERS
 
 
+class ProfileSteps:
+    """A hook that runs torch.profiler over a few steady-state iterations and writes tables of
+    the operators by host (CPU) time and by device time, plus the share of wall time the GPU
+    was busy."""
+
+    def __init__(self, first, count, out_file):
+        from detectron2.engine import HookBase
+
+        class _Hook(HookBase):
+            def before_step(hook):
+                if hook.trainer.iter == first:
+                    import torch
+
+                    acts = [torch.profiler.ProfilerActivity.CPU]
+                    if torch.cuda.is_available():
+                        acts.append(torch.profiler.ProfilerActivity.CUDA)
+                        torch.cuda.synchronize()
+                    hook.prof = torch.profiler.profile(activities=acts)
+                    hook.prof.__enter__()
+                    hook.start = time.perf_counter()
+
+            def after_step(hook):
+                if hook.trainer.iter == first + count - 1:
+                    import torch
+
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    wall = time.perf_counter() - hook.start
+                    hook.prof.__exit__(None, None, None)
+                    ka = hook.prof.key_averages()
+                    device = sum(e.self_device_time_total for e in ka) / 1e6
+                    with open(out_file, "w") as f:
+                        f.write(f"{count} iterations: wall {wall:.3f} s, device busy (sum of kernel "
+                                f"times) {device:.3f} s\n\n")
+                        f.write(ka.table(sort_by="self_cpu_time_total", row_limit=30))
+                        f.write("\n\n")
+                        if torch.cuda.is_available():
+                            f.write(ka.table(sort_by="self_device_time_total", row_limit=30))
+
+        self.hook = _Hook()
+
+
 def run_ours(args):
     import importlib.util
 
@@ -135,10 +177,30 @@ def run_ours(args):
         ]
     config = SMOKE_CONFIG if args.smoke else CONFIG
     cli = train_net.argument_parser().parse_args(["--config-file", config, *overrides, *args.extra])
-    train_net.main(cli)
-    from d2_finetune.engine.trainer import default_num_workers
+    if not (args.profile or args.fixed_batch):
+        train_net.main(cli)
+    else:  # train_net.main's steps, with a profiling hook or a fixed batch
+        import itertools
 
-    return default_num_workers()
+        from d2_finetune.data import register_datasets
+        from d2_finetune.engine import FinetuneTrainer, load, setup
+
+        cfg = load(cli)
+        setup(cfg, cli)
+        register_datasets(cfg)
+        trainer = FinetuneTrainer(cfg)
+        if args.profile:
+            first = max(args.iters - 6, 0)
+            count = min(5, args.iters - first)
+            trainer.register_hooks([ProfileSteps(first, count, os.path.join(args.output, "profile.txt")).hook])
+        if args.fixed_batch:  # the model step alone: one loaded batch, over and over
+            trainer._trainer.data_loader = itertools.repeat(next(iter(trainer.data_loader)))
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    from d2_finetune.config import load_config
+    from d2_finetune.engine.trainer import with_workers
+
+    return with_workers(load_config(config, overrides + args.extra).dataloader.train).num_workers
 
 
 def child(args):
@@ -148,7 +210,8 @@ def child(args):
     workers = run_stock(args) if args.run == "stock" else run_ours(args)
     m = last_metrics(args.output)
     result = {
-        "run": args.run + (" fp32" if args.fp32 else "") + "".join(" " + e for e in args.extra),
+        "run": args.run + (" fp32" if args.fp32 else "") + (" fixed batch" if args.fixed_batch else "")
+        + "".join(" " + e for e in args.extra),
         "s_per_iter": m["time"],
         "data_time": m.get("data_time"),
         "images_per_s": args.batch / m["time"],
@@ -171,8 +234,12 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--stock-workers", type=int, default=4, help="the yacs recipe's default")
     parser.add_argument("--runs", default="stock,ours",
-                        help="comma list of: stock, ours, ours-fp32, ours+cudnn")
+                        help="comma list of: stock, ours, ours-fp32, ours+cudnn, ours+workersN, "
+                        "ours+fixedbatch (the model step alone, no loader)")
     parser.add_argument("--extra", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-batch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 5 late iterations of 'ours' (profile.txt in its folder)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run: 256x128, R18, 3 iterations")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--fp32", action="store_true", help=argparse.SUPPRESS)
@@ -202,6 +269,12 @@ def main():
                "--height", str(args.height)] + (["--fp32"] if fp32 else []) + (["--smoke"] if args.smoke else [])
         if run == "ours+cudnn":
             cmd += ["--extra", "train.cudnn_benchmark=True"]
+        if run.startswith("ours+workers"):
+            cmd += ["--extra", f"dataloader.train.num_workers={run[len('ours+workers'):]}"]
+        if args.profile and run == "ours":
+            cmd += ["--profile"]
+        if run == "ours+fixedbatch":
+            cmd += ["--fixed-batch"]
         log = os.path.join(work, f"{run}.log")
         print(f"running {run} ... (log: {log})", flush=True)
         with open(log, "w") as f:
