@@ -148,7 +148,10 @@ def _rle_annotation(rle, category_id, iscrowd):
         "category_id": category_id,
         "bbox": [x, y, x + w, y + h],
         "bbox_mode": BoxMode.XYXY_ABS,
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "segmentation": {
+            "size": [int(v) for v in rle["size"]],
+            "counts": rle["counts"].decode("ascii"),
+        },
     }
 
 
@@ -187,7 +190,9 @@ def _read_json(json_file):
             "gtFine_trainvaltest.zip."
         ) from None
     except (UnicodeDecodeError, OSError) as e:
-        raise DatasetError(f"Cannot read {json_file}: {e}. Re-extract it from gtFine_trainvaltest.zip.") from None
+        raise DatasetError(
+            f"Cannot read {json_file}: {e}. Re-extract it from gtFine_trainvaltest.zip."
+        ) from None
     try:
         return int(data["imgHeight"]), int(data["imgWidth"]), list(data["objects"])
     except (KeyError, TypeError, ValueError) as e:
@@ -330,7 +335,8 @@ def _parse_all(files, source, num_workers, progress, desc):
         num_workers = min(os.cpu_count() or 1, len(items) // FILES_PER_WORKER)
     if mp.current_process().daemon:
         num_workers = 0  # daemonic processes (e.g. data-loader workers) cannot have children
-    bar = dict(total=len(items), desc=desc, unit="img", disable=None if progress is None else not progress)
+    bar = dict(total=len(items), desc=desc, unit="img",
+               disable=None if progress is None else not progress)
     if num_workers > 1:
         with mp.Pool(num_workers) as pool:
             chunk = max(1, min(64, len(items) // (num_workers * 8)))
