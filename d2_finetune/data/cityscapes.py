@@ -400,7 +400,8 @@ def load_cityscapes_instances(image_dir, gt_dir, source="polygons", *, cache=Tru
         records, meta = build()
     else:
         key = records_cache.fingerprint(
-            [ann_file for _, ann_file in files], _dataset_dir(gt_dir),
+            [ann_file for _, ann_file in files],
+            os.path.dirname(os.path.dirname(os.path.normpath(gt_dir))),
             source=source, classes=CITYSCAPES_THING_CLASSES,
         )
         records, meta, _ = records_cache.load_or_build(path, key, build, image_dir)
