@@ -215,12 +215,14 @@ def test_registration_is_lazy_idempotent_and_carries_metadata(tmp_path):
         DatasetCatalog.get("cityscapes_ft_instance_val")
 
 
-def test_registration_uses_environment_root(tmp_path, monkeypatch, cityscapes_root):
-    monkeypatch.setenv("DETECTRON2_DATASETS", cityscapes_root)
-    cs.register_cityscapes()
-    records = DatasetCatalog.get("cityscapes_ft_instance_train")
-    assert len(records) == 6
-    assert records[0]["file_name"].startswith(os.path.join(cityscapes_root, "cityscapes"))
+def test_loader_options_come_from_the_config(tiny_cfg, cityscapes_root, tmp_path):
+    cache_dir = str(tmp_path / "cache")
+    tiny_cfg(**{"dataloader.register.source": "png", "dataloader.register.cache_dir": cache_dir})
+    from_png = DatasetCatalog.get("cityscapes_ft_instance_val")
+    (folder,) = os.listdir(cache_dir)
+    assert sorted(os.listdir(os.path.join(cache_dir, folder))) == [
+        "instances_val_png.npz", "instances_val_png.npz.lock"]
+    assert (_best_ious(from_png) == 1.0).all() and len(from_png) == 3
 
 
 # ---- validation errors ------------------------------------------------------------------
@@ -304,6 +306,18 @@ def test_json_without_image_size_names_the_file(tmp_path):
         json.dump({"objects": []}, f)
     with pytest.raises(DatasetError, match=f"Cannot read {bad}: not a Cityscapes polygons file"):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
+
+
+def test_unreadable_instance_png_names_the_file(tmp_path):
+    json_file = _write_image(str(tmp_path), "train", "aachen_000000_000019", [CAR])
+    png = json_file.replace("_polygons.json", "_instanceIds.png")
+    with open(png, "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(DatasetError, match=f"Cannot read annotation image {png}"):
+        cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"), source="png")
+    Image.new("RGB", (64, 32)).save(png)
+    with pytest.raises(DatasetError, match=f"{png} is not an instanceIds image"):
+        cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"), source="png")
 
 
 def test_unknown_label_names_file_object_and_label(tmp_path):
