@@ -296,7 +296,7 @@ def test_unreadable_json_names_the_file(tmp_path):
     bad = _write_image(str(tmp_path), "train", "aachen_000000_000019", [CAR])
     with open(bad, "w") as f:
         f.write('{"imgWidth": 64, "objects": [')
-    with pytest.raises(DatasetError, match=f"Cannot read {bad}: not valid JSON"):
+    with pytest.raises(DatasetError, match=f"Cannot read annotation file {bad}: not valid JSON"):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
 
 
@@ -304,7 +304,7 @@ def test_json_without_image_size_names_the_file(tmp_path):
     bad = _write_image(str(tmp_path), "train", "aachen_000000_000019", [CAR])
     with open(bad, "w") as f:
         json.dump({"objects": []}, f)
-    with pytest.raises(DatasetError, match=f"Cannot read {bad}: not a Cityscapes polygons file"):
+    with pytest.raises(DatasetError, match=f"Cannot read annotation file {bad}: not a Cityscapes polygons file"):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
 
 
@@ -368,8 +368,10 @@ def test_unknown_source_is_refused(tmp_path):
 
 @pytest.fixture
 def sparse_root(tmp_path):
-    """train: one image with a car, one with only a crowd region, one with no objects."""
+    """train: one image with a car, one with only a crowd region, one with no objects; val: one
+    image with a car."""
     root = str(tmp_path / "sparse")
+    _write_image(root, "val", "frankfurt_000000_000019", [CAR])
     _write_image(root, "train", "aachen_000000_000019", [CAR])
     _write_image(root, "train", "aachen_000001_000019",
                  [{"label": "cargroup", "polygon": [[2, 2], [40, 2], [40, 20]]}])
@@ -392,7 +394,7 @@ def test_training_drops_empty_images_only_when_configured(tiny_cfg, sparse_root,
 
 
 def test_training_mapper_drops_crowd_regions(tiny_cfg, occluded_root):
-    cfg = tiny_cfg(**{"dataloader.register.root": occluded_root})
+    cfg = tiny_cfg()
     mapper = instantiate(cfg.dataloader.train.mapper)
     records = cs.load_cityscapes_instances(*_dirs(occluded_root, "val"))
     record = next(r for r in records if any(a["iscrowd"] for a in r["annotations"]))

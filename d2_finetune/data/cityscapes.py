@@ -186,19 +186,20 @@ def _read_json(json_file):
         raise DatasetError(f"Annotation file missing: {json_file}") from None
     except json.JSONDecodeError as e:
         raise DatasetError(
-            f"Cannot read {json_file}: not valid JSON ({e}). Re-extract it from "
+            f"Cannot read annotation file {json_file}: not valid JSON ({e}). Re-extract it from "
             "gtFine_trainvaltest.zip."
         ) from None
     except (UnicodeDecodeError, OSError) as e:
         raise DatasetError(
-            f"Cannot read {json_file}: {e}. Re-extract it from gtFine_trainvaltest.zip."
+            f"Cannot read annotation file {json_file}: {e}. Re-extract it from "
+            "gtFine_trainvaltest.zip."
         ) from None
     try:
         return int(data["imgHeight"]), int(data["imgWidth"]), list(data["objects"])
     except (KeyError, TypeError, ValueError) as e:
         raise DatasetError(
-            f"Cannot read {json_file}: not a Cityscapes polygons file (needs imgHeight, "
-            f"imgWidth and objects; {type(e).__name__}: {e}). Re-extract it from "
+            f"Cannot read annotation file {json_file}: not a Cityscapes polygons file (needs "
+            f"imgHeight, imgWidth and objects; {type(e).__name__}: {e}). Re-extract it from "
             "gtFine_trainvaltest.zip."
         ) from None
 
@@ -459,7 +460,8 @@ def register_cityscapes(root=None, source="polygons", cache=True, cache_dir=None
             image_dir=image_dir,
             gt_dir=gt_dir,
             evaluator_type="cityscapes_instance",
-            download_hint=DOWNLOAD_HINT.format(base=os.path.join(dataset_root(root), "cityscapes")),
+            download_hint=DOWNLOAD_HINT.format(base=os.path.join(dataset_root(root),
+                                                                 "cityscapes")),
             loader_settings=settings,
         )
         names.append(name)
