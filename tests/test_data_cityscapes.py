@@ -416,7 +416,7 @@ def test_train_loader_keeps_records_serialized(tiny_cfg):
     assert dataset[0] == records[0]
 
 
-def test_records_map_to_bitmask_instances(tiny_cfg):
+def test_records_map_to_exact_instance_masks(tiny_cfg):
     cfg = tiny_cfg()
     mapper = instantiate(cfg.dataloader.train.mapper)
     mapper.augmentations = type(mapper.augmentations)([])
@@ -427,5 +427,4 @@ def test_records_map_to_bitmask_instances(tiny_cfg):
         for a in record["annotations"] if not a["iscrowd"]
     ]
     assert len(expected) > 0
-    assert (instances.gt_masks.tensor.numpy() == np.stack(expected)).all()
-
+    assert (instances.gt_masks.to_bitmaps().numpy() == np.stack(expected)).all()

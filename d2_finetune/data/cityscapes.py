@@ -2,8 +2,7 @@
 
 Masks are rasterised exactly as cityscapesscripts draws ``*_gtFine_instanceIds.png``: every
 polygon of the image, in file order, with PIL, so later objects cover earlier ones. Each
-instance is stored as COCO RLE (train with ``instance_mask_format="bitmask"``); ``<class>group``
-regions become ``iscrowd=1`` annotations. Images without instances are kept (evaluation needs
+instance is stored as COCO RLE; ``<class>group`` regions become ``iscrowd=1`` annotations. Images without instances are kept (evaluation needs
 them); the training loader drops them when ``get_detection_dataset_dicts(filter_empty=True)``.
 
 A split is parsed once, by a process pool, and its records are cached on disk (see
