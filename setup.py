@@ -25,6 +25,7 @@ setup(
         "tensorboard",
         "tabulate",
         "tqdm",
+        "filelock",
         "Pillow",
     ],
     extras_require={"test": ["pytest"]},

@@ -19,7 +19,8 @@ dataloader = OmegaConf.create()
 dataloader.register = L(register_cityscapes)(root=None)
 
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="cityscapes_ft_instance_train"),
+    # filter_empty: drop training images without a non-crowd instance (False keeps them).
+    dataset=L(get_detection_dataset_dicts)(names="cityscapes_ft_instance_train", filter_empty=True),
     mapper=L(DatasetMapper)(
         is_train=True,
         augmentations=[
