@@ -1,3 +1,12 @@
-from detectron2.evaluation import CityscapesInstanceEvaluator as OfficialCityscapesInstanceEvaluator
+"""Evaluators: the official Cityscapes instance AP, in memory or through cityscapesscripts."""
+from .cityscapes import (
+    CityscapesInstanceEvaluator,
+    OfficialCityscapesInstanceEvaluator,
+    cityscapes_core_name,
+)
 
-__all__ = ["OfficialCityscapesInstanceEvaluator"]
+__all__ = [
+    "CityscapesInstanceEvaluator",
+    "OfficialCityscapesInstanceEvaluator",
+    "cityscapes_core_name",
+]
