@@ -404,6 +404,25 @@ def test_outputs_without_instances_count_as_no_predictions(tmp_path):
     assert empty["segm"]["AP"] == 0
 
 
+def test_an_image_processed_twice_counts_once(tmp_path, caplog):
+    images = random_case(0)
+    gt_dir, _ = write_ground_truth(str(tmp_path), images)
+    name = register_metadata("cs_twice", gt_dir)
+    once = evaluate(CityscapesInstanceEvaluator(name), images)["segm"]
+    with caplog.at_level("WARNING", logger="d2_finetune.evaluation.cityscapes"):
+        twice = evaluate(CityscapesInstanceEvaluator(name), images + images[:1])["segm"]
+    assert "was processed twice; keeping the first result" in caplog.text
+    assert_same_results(twice, once)
+
+
+def test_nothing_processed_gives_no_results(tmp_path, caplog):
+    name = register_metadata("cs_nothing", str(tmp_path))
+    with caplog.at_level("WARNING", logger="d2_finetune.evaluation.cityscapes"):
+        assert evaluate(CityscapesInstanceEvaluator(name), []) == {}
+        assert evaluate(OfficialCityscapesInstanceEvaluator(name), []) == {}
+    assert caplog.text.count("no images of 'cs_nothing' were processed") == 2
+
+
 # ---- bad inputs ---------------------------------------------------------------------------
 
 

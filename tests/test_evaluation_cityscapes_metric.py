@@ -79,7 +79,48 @@ def test_bad_arguments_are_refused():
         match_image(ids.astype(float), masks, [0], [0.5])
     with pytest.raises(ValueError, match="non-negative"):
         match_image(ids.astype(np.int32) - 1, masks, [0], [0.5])
-    with pytest.raises(ValueError, match=r"shape \(1, 10, 30\) do not match .* \(20, 30\)"):
+    with pytest.raises(ValueError, match=r"shape \(10, 30\) do not match .* \(20, 30\)"):
         match_image(ids, masks[:, :10], [0], [0.5])
+    with pytest.raises(ValueError, match=r"must be \(N, H, W\), got shape \(20, 30\)"):
+        match_image(ids, masks[0], [0], [0.5])
     with pytest.raises(ValueError, match="1 masks but 2 classes and 1 scores"):
         match_image(ids, masks, [0, 1], [0.5])
+
+
+def test_ground_truth_is_read_with_the_values_pil_gives(tmp_path):
+    from PIL import Image
+
+    from d2_finetune.data.synthetic import write_uint16_png
+    from d2_finetune.evaluation.cityscapes_metric import read_instance_ids
+
+    rng = np.random.default_rng(0)
+    ids16 = rng.choice([0, 7, 26, 26000, 26001, 33999], size=(40, 64))
+    write_uint16_png(str(tmp_path / "a.png"), ids16)
+    ids8 = rng.choice([0, 7, 24, 255], size=(40, 64)).astype(np.uint8)
+    Image.fromarray(ids8).save(tmp_path / "b.png")
+    palette = Image.fromarray(ids8 % 4).convert("P")
+    palette.save(tmp_path / "c.png")
+    for name in ("a.png", "b.png", "c.png"):
+        expected = np.array(Image.open(tmp_path / name))
+        got = read_instance_ids(str(tmp_path / name))
+        assert got.shape == expected.shape and np.array_equal(got, expected), name
+    assert np.array_equal(read_instance_ids(str(tmp_path / "a.png")), ids16)
+
+
+@pytest.mark.parametrize("width", [64, 61])
+def test_crops_are_the_masks_bounding_boxes(width):
+    from d2_finetune.evaluation.cityscapes_metric import crop_predictions
+
+    rng = np.random.default_rng(width)
+    masks = np.zeros((6, 24, width), dtype=bool)
+    for mask in masks[:5]:
+        y, x = rng.integers(0, 20), rng.integers(0, width - 4)
+        mask[y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+        mask[rng.integers(0, 24), rng.integers(0, width)] = True
+    crops = crop_predictions(masks, [0, 1, 2, -1, 3, 4], np.linspace(0.1, 0.6, 6))
+    kept = [0, 1, 2, 4]  # -1: not evaluated; the last mask is empty
+    assert crops.classes.tolist() == [0, 1, 2, 3] and crops.image_shape == (24, width)
+    for i, box, crop in zip(kept, crops.boxes.tolist(), crops.masks):
+        ys, xs = np.nonzero(masks[i])
+        assert box == [ys.min(), ys.max() + 1, xs.min(), xs.max() + 1]
+        assert np.array_equal(crop, masks[i][box[0]:box[1], box[2]:box[3]])

@@ -31,7 +31,8 @@ from .cityscapes_metric import (
     OVERLAPS,
     average_precisions,
     class_of_label_id,
-    match_image,
+    crop_predictions,
+    match_crops,
     read_instance_ids,
     summarize,
 )
@@ -199,18 +200,18 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
             return
         for inp, out in zip(inputs, outputs):
             key, gt_file = self._ground_truth(inp["file_name"])
-            instance_ids = read_instance_ids(gt_file)
-            masks, classes, scores = self._predictions(out, instance_ids.shape)
-            if masks.shape[1:] != instance_ids.shape:
-                raise DatasetError(
-                    f"Predicted masks for {inp['file_name']} are {tuple(masks.shape[1:])} "
-                    f"(H, W) but its ground truth {gt_file} is {instance_ids.shape}: predictions "
-                    "must be at the original image size (give the inputs 'height' and 'width')."
-                )
             if key in self._images:
                 logger.warning(f"{inp['file_name']} was processed twice; keeping the first result.")
                 continue
-            self._images[key] = match_image(instance_ids, masks, classes, scores)
+            instance_ids = read_instance_ids(gt_file)
+            crops = crop_predictions(*self._predictions(out, instance_ids.shape))
+            if crops.image_shape != instance_ids.shape:
+                raise DatasetError(
+                    f"Predicted masks for {inp['file_name']} are {crops.image_shape} (H, W) but "
+                    f"its ground truth {gt_file} is {instance_ids.shape}: predictions must be at "
+                    "the original image size (give the inputs 'height' and 'width')."
+                )
+            self._images[key] = match_crops(instance_ids, crops)
             self._advance_progress()
 
     def _predictions(self, output, shape):

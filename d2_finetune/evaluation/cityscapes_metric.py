@@ -5,9 +5,11 @@ mask, intersects it with the ``*_gtFine_instanceIds.png`` of its image and then 
 images together. The scoring needs only a few numbers per prediction, so this module splits the
 work in two:
 
-* :func:`match_image` intersects the predictions of one image with its ground truth and keeps
-  the counts the official script uses (pixel counts, void pixels, intersection with every ground
-  truth instance of the same class, score): a few hundred bytes per image.
+* :func:`match_image` (:func:`crop_predictions`, then :func:`match_crops`) intersects the
+  predictions of one image with its ground truth and keeps the counts the official script uses
+  (pixel counts, void pixels, intersection with every ground truth instance of the same class,
+  score): a few hundred bytes per image. Each full-size mask is read once, to find its bounding
+  box; only the boxes are intersected.
 * :func:`average_precisions` scores any collection of those per-image statistics with the
   official rules: overlap thresholds 0.5:0.95:0.05, ground truth regions under 100 pixels and
   ``<class>group`` regions neither counted nor penalised, predictions lying mostly on void or
@@ -19,9 +21,11 @@ Both produce the official numbers to floating-point identity; the differences ar
 is written to disk and a class with ground truth whose predictions are all ignored scores 0
 where the official script stops with an ``IndexError``.
 """
+import struct
 import warnings
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,8 +34,11 @@ __all__ = [
     "OVERLAPS",
     "MIN_REGION_SIZE",
     "ImageMatches",
+    "PredictionCrops",
     "label_tables",
     "read_instance_ids",
+    "crop_predictions",
+    "match_crops",
     "match_image",
     "average_precisions",
     "average_precision",
@@ -44,6 +51,7 @@ OVERLAPS = np.arange(0.5, 1.0, 0.05)
 MIN_REGION_SIZE = 100
 # Ground truth values below this are "<class>group" (crowd) regions, above it single instances.
 GROUP_ID_LIMIT = 1000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def label_tables():
@@ -68,6 +76,8 @@ _CLASS_OF_LABEL_ID = {
     if name in INSTANCE_LABELS
 }
 _VOID_IDS = np.asarray(VOID_IDS, dtype=np.int64)
+# Every value of an evaluated instance or group region is at least the smallest evaluated id.
+_MIN_INSTANCE_VALUE = min(_CLASS_OF_LABEL_ID)
 
 
 class ImageMatches(NamedTuple):
@@ -91,7 +101,21 @@ class ImageMatches(NamedTuple):
 
 
 def read_instance_ids(path):
-    """A ``*_gtFine_instanceIds.png`` as an integer array, read as cityscapesscripts reads it."""
+    """A ``*_gtFine_instanceIds.png`` as an integer array: the values cityscapesscripts reads
+    with ``np.array(Image.open(path))``.
+
+    8- and 16-bit grayscale PNGs (as Cityscapes' are) are decoded by OpenCV straight into an
+    array, which is faster; their values are the same. Other files are read with PIL, as
+    upstream.
+    """
+    with open(path, "rb") as f:
+        header = f.read(26)
+    if header[:8] == _PNG_SIGNATURE and header[12:16] == b"IHDR":
+        width, height, depth, colour = struct.unpack(">IIBB", header[16:26])
+        if colour == 0 and depth in (8, 16):
+            ids = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+            if ids is not None and ids.shape == (height, width):
+                return ids
     with Image.open(path) as image:
         return np.array(image)
 
@@ -104,7 +128,7 @@ def class_of_label_id(label_id):
 def _ground_truth(instance_ids):
     """(class, raw value, pixel count) of every instance and group region of an evaluated class,
     as cityscapesscripts' instances2dict lists them."""
-    counts = np.bincount(instance_ids.ravel())
+    counts = np.bincount(instance_ids[instance_ids >= _MIN_INSTANCE_VALUE])
     values = np.flatnonzero(counts)
     rows = []
     for value in values.tolist():
@@ -115,15 +139,78 @@ def _ground_truth(instance_ids):
     return np.asarray(rows, dtype=np.int64).reshape(-1, 3).T
 
 
-def match_image(instance_ids, masks, classes, scores):
-    """Intersect one image's predictions with its ground truth.
+def _bounding_box(mask):
+    """(y0, y1, x0, x1) of the nonzero pixels of a 2-D bool mask, or None if it is empty.
+
+    Rows and columns are scanned eight pixels at a time when the row length allows it.
+    """
+    if mask.flags.c_contiguous and mask.shape[1] % 8 == 0:
+        words = mask.view(np.uint64)
+        rows = np.flatnonzero(np.bitwise_or.reduce(words, axis=1))
+        if not len(rows):
+            return None
+        y0, y1 = rows[0], rows[-1] + 1
+        cols = np.flatnonzero(np.bitwise_or.reduce(words[y0:y1], axis=0).view(bool))
+    else:
+        rows = np.flatnonzero(mask.any(axis=1))
+        if not len(rows):
+            return None
+        y0, y1 = rows[0], rows[-1] + 1
+        cols = np.flatnonzero(mask[y0:y1].any(axis=0))
+    return y0, y1, cols[0], cols[-1] + 1
+
+
+class PredictionCrops(NamedTuple):
+    """One image's evaluated, non-empty predictions cut to their bounding boxes: all that
+    matching needs from the full-size masks."""
+
+    image_shape: tuple  # (H, W)
+    classes: np.ndarray  # int64 (K,): indices into INSTANCE_LABELS
+    scores: np.ndarray  # float64 (K,)
+    boxes: np.ndarray  # int64 (K, 4): y0, y1, x0, x1
+    masks: list  # K bool arrays of shape (y1 - y0, x1 - x0)
+
+
+def crop_predictions(masks, classes, scores):
+    """Cut one image's predictions to their bounding boxes.
 
     Args:
-        instance_ids: (H, W) non-negative integer array, the image's instanceIds ground truth.
         masks: (N, H, W) array; nonzero pixels belong to the prediction.
         classes: (N,) indices into :data:`INSTANCE_LABELS`; -1 marks a prediction of a class
             that is not evaluated (it is dropped, as the official script drops it).
         scores: (N,) confidences.
+
+    Returns:
+        PredictionCrops, without empty masks (which the official script skips).
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(classes) != len(masks) or len(scores) != len(masks):
+        raise ValueError(f"{len(masks)} masks but {len(classes)} classes and {len(scores)} scores")
+    kept, boxes, crops = [], [], []
+    for i in np.flatnonzero(classes >= 0).tolist():
+        mask = masks[i] if masks.dtype == bool else masks[i] != 0
+        box = _bounding_box(mask)
+        if box is None:
+            continue
+        y0, y1, x0, x1 = box
+        kept.append(i)
+        boxes.append(box)
+        crops.append(mask[y0:y1, x0:x1].copy())
+    return PredictionCrops(
+        image_shape=tuple(masks.shape[1:]),
+        classes=classes[kept],
+        scores=scores[kept],
+        boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4),
+        masks=crops,
+    )
+
+
+def match_crops(instance_ids, crops):
+    """Intersect one image's cropped predictions with its instanceIds ground truth.
 
     Returns:
         ImageMatches
@@ -133,37 +220,20 @@ def match_image(instance_ids, masks, classes, scores):
         raise ValueError(f"instance ids must be integers, got {instance_ids.dtype}")
     if instance_ids.dtype.kind == "i" and instance_ids.size and instance_ids.min() < 0:
         raise ValueError("instance ids must be non-negative")
-    masks = np.asarray(masks)
-    if masks.ndim != 3 or masks.shape[1:] != instance_ids.shape:
-        raise ValueError(
-            f"masks of shape {masks.shape} do not match instance ids of shape {instance_ids.shape}"
-        )
-    classes = np.asarray(classes, dtype=np.int64).reshape(-1)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(classes) != len(masks) or len(scores) != len(masks):
-        raise ValueError(f"{len(masks)} masks but {len(classes)} classes and {len(scores)} scores")
+    if tuple(crops.image_shape) != instance_ids.shape:
+        raise ValueError(f"masks of shape {tuple(crops.image_shape)} do not match instance ids "
+                         f"of shape {instance_ids.shape}")
 
     gt_class, gt_id, gt_pixels = _ground_truth(instance_ids)
     gt_rows_of_class = {c: np.flatnonzero(gt_class == c) for c in np.unique(gt_class).tolist()}
-
-    pred_class, pred_score, pred_pixels, pred_void, pairs = [], [], [], [], []
-    for i in np.flatnonzero(classes >= 0).tolist():
-        mask = masks[i] if masks.dtype == bool else masks[i] != 0
-        rows = np.flatnonzero(mask.any(axis=1))
-        if not len(rows):
-            continue
-        y0, y1 = rows[0], rows[-1] + 1
-        cols = np.flatnonzero(mask[y0:y1].any(axis=0))
-        x0, x1 = cols[0], cols[-1] + 1
-        under = instance_ids[y0:y1, x0:x1][mask[y0:y1, x0:x1]]
+    pred_pixels, pred_void, pairs = [], [], []
+    for k, ((y0, y1, x0, x1), mask) in enumerate(zip(crops.boxes.tolist(), crops.masks)):
+        under = instance_ids[y0:y1, x0:x1][mask]
         hist = np.bincount(under)
-        cls = int(classes[i])
-        for g in gt_rows_of_class.get(cls, ()):
+        for g in gt_rows_of_class.get(int(crops.classes[k]), ()):
             value = gt_id[g]
             if value < len(hist) and hist[value]:
-                pairs.append((len(pred_class), g, hist[value]))
-        pred_class.append(cls)
-        pred_score.append(scores[i])
+                pairs.append((k, g, hist[value]))
         pred_pixels.append(under.size)
         pred_void.append(hist[_VOID_IDS[_VOID_IDS < len(hist)]].sum())
 
@@ -172,14 +242,27 @@ def match_image(instance_ids, masks, classes, scores):
         gt_class=gt_class,
         gt_id=gt_id,
         gt_pixels=gt_pixels,
-        pred_class=np.asarray(pred_class, dtype=np.int64),
-        pred_score=np.asarray(pred_score, dtype=np.float64),
+        pred_class=crops.classes,
+        pred_score=crops.scores,
         pred_pixels=np.asarray(pred_pixels, dtype=np.int64),
         pred_void=np.asarray(pred_void, dtype=np.int64),
         pair_pred=pair[0],
         pair_gt=pair[1],
         pair_pixels=pair[2],
     )
+
+
+def match_image(instance_ids, masks, classes, scores):
+    """Intersect one image's predictions with its ground truth.
+
+    Args:
+        instance_ids: (H, W) non-negative integer array, the image's instanceIds ground truth.
+        masks, classes, scores: as for :func:`crop_predictions`.
+
+    Returns:
+        ImageMatches
+    """
+    return match_crops(instance_ids, crop_predictions(masks, classes, scores))
 
 
 def _concatenate(images):
