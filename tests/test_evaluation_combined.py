@@ -87,8 +87,7 @@ def test_eval_only_scores_ground_truth_100_and_nothing_0(tiny_cfg):
 
 def test_eval_only_of_a_real_model_gives_percentages(tiny_cfg):
     cfg = tiny_cfg()
-    torch.manual_seed(0)
-    model = FinetuneTrainer.build_model(cfg)
+    model = FinetuneTrainer.load_for_inference(cfg)
     results = flatten_results_dict(FinetuneTrainer.test(cfg, model))
     assert set(results) == expected_names()
     values = [v for v in results.values() if not math.isnan(v)]
