@@ -50,6 +50,19 @@ def test_best_checkpoint_holds_the_best_evaluations_weights(tiny_cfg, tmp_path, 
                                 "evals_without_improvement": 2}
 
 
+def test_resume_point_stays_the_latest_checkpoint_not_the_best(tiny_cfg, tmp_path,
+                                                              scripted_metric):
+    scripted_metric += [10.0]
+    out = tmp_path / "run"
+    cfg = tiny_cfg(output_dir=str(out), **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert os.path.isfile(out / "model_best.pth")
+    with open(out / "last_checkpoint") as f:
+        assert f.read().strip() == "model_final.pth"
+
+
 def test_early_stopping_stops_and_says_so(tiny_cfg, tmp_path, scripted_metric, caplog):
     scripted_metric += [10.0, 9.0, 8.0, 7.0]
     out = tmp_path / "run"

@@ -57,8 +57,9 @@ def test_eval_only_reports_cityscapes_ap(trained, tmp_path):
     proc = run(["--config-file", DEMO_CONFIG, "--eval-only", *overrides,
                 f"train.init_checkpoint={out}/model_final.pth", f"train.output_dir={tmp_path}"])
     log = proc.stdout + proc.stderr
-    assert "copypaste: Task: segm" in log
-    assert "average" in log
+    for task in ("cityscapes", "coco/bbox", "coco/segm"):
+        assert f"copypaste: Task: {task}" in log
+    assert "| average" in log
 
 
 def test_a_missing_config_file_is_one_clear_line():

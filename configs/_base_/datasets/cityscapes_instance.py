@@ -10,7 +10,7 @@ from detectron2.data import (
 
 from d2_finetune.data import fixed_subset, register_cityscapes
 from d2_finetune.data.mapper import DatasetMapper
-from d2_finetune.evaluation import OfficialCityscapesInstanceEvaluator
+from d2_finetune.evaluation import CityscapesCOCOEvaluator
 
 dataloader = OmegaConf.create()
 
@@ -53,8 +53,12 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers="auto",
 )
 
-dataloader.evaluator = L(OfficialCityscapesInstanceEvaluator)(
+# The official Cityscapes AP (cityscapes/AP, ...) and COCO-style box and mask AP (coco/bbox/AP,
+# coco/segm/AP, ...); evaluator="official" scores through cityscapesscripts' own (slow) code.
+dataloader.evaluator = L(CityscapesCOCOEvaluator)(
     dataset_name="${..test.dataset.names}",
+    output_dir="${...train.output_dir}/inference",
+    evaluator="fast",
 )
 
 # Validation loss (train.val_loss_period > 0): the training losses, without gradients, on a
