@@ -131,9 +131,9 @@ def run_predict(args, register):
     setup_logger(name="d2_finetune")
     if not 0 <= args.confidence <= 1:
         raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}.")
+    paths = list_images(args.input)
     cfg = resolve_device(load_config(args.config_file, args.opts))
     register(cfg)
-    paths = list_images(args.input)
     model = FinetuneTrainer.load_for_inference(cfg)
     dataset = cfg.dataloader.test.dataset.names
     dataset = dataset if isinstance(dataset, str) else dataset[0]
