@@ -5,7 +5,6 @@
         [--resume] [--eval-only] [key=value ...]
 """
 from detectron2.engine import launch
-from detectron2.engine.defaults import create_ddp_model
 
 from d2_finetune.data import register_datasets
 from d2_finetune.engine import FinetuneTrainer, argument_parser, load, setup, startup_guard, user_errors
@@ -23,7 +22,7 @@ def main(args):
                 trainer = FinetuneTrainer(cfg)
                 trainer.resume_or_load(resume=args.resume)
         if args.eval_only:
-            return FinetuneTrainer.test(cfg, create_ddp_model(model))
+            return FinetuneTrainer.test(cfg, model)
         return trainer.train()
 
 

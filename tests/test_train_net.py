@@ -74,3 +74,56 @@ def test_debug_shows_the_traceback():
     proc = run(["--config-file", "configs/cityscape_ft.py", "--debug"], check=False)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def read_results(output_dir):
+    import json
+
+    with open(os.path.join(output_dir, "inference", "cityscapes_instance_results.json")) as f:
+        return json.load(f)
+
+
+def test_two_processes_train_and_evaluate_like_one(cityscapes_root, tiny_init, tmp_path):
+    """Training and evaluation with 2 processes (gloo on CPUs), the launch path of --num-gpus;
+    the evaluation after training equals a single-process evaluation of the same weights."""
+    out = str(tmp_path / "ddp")
+    overrides = tiny_overrides(cityscapes_root, out, **{
+        "train.init_checkpoint": tiny_init, "train.max_iter": 2, "lr_multiplier.steps": [1],
+        "dataloader.test.batch_size": 1,
+    })
+    proc = run(["--config-file", DEMO_CONFIG, "--num-gpus", "2", *overrides])
+    log = proc.stdout + proc.stderr
+    assert "World size: 2" in log
+    assert "1 images per GPU x 2 GPU(s)" in log
+    distributed = read_results(os.path.join(out))
+    single_out = str(tmp_path / "single")
+    run(["--config-file", DEMO_CONFIG, "--eval-only", *overrides,
+         f"train.init_checkpoint={out}/model_final.pth", f"train.output_dir={single_out}"])
+    single = read_results(single_out)
+    assert distributed == single
+
+
+def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(cityscapes_root, tiny_init, tmp_path):
+    import torch
+
+    out = str(tmp_path / "nan")
+    overrides = tiny_overrides(cityscapes_root, out, **{
+        "train.init_checkpoint": tiny_init, "train.max_iter": 2, "lr_multiplier.steps": [1],
+        "train.checkpointer.period": 1, "train.eval_after_train": False,
+    })
+    run(["--config-file", DEMO_CONFIG, *overrides])
+    good = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    proc = run(["--config-file", DEMO_CONFIG, "--resume", *overrides, "train.max_iter=12",
+                "lr_multiplier.steps=[11]", "optimizer.lr=1e12"], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: Training diverged at iteration ")
+    assert "NaN/Inf" in last and "loss" in last
+    assert "Lower optimizer.lr" in last and "--resume" in last
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        named = f.read().strip()
+    assert named in last
+    kept = torch.load(os.path.join(out, named), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    if named == "model_final.pth":
+        assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())

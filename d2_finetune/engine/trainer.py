@@ -122,7 +122,10 @@ class FinetuneTrainer(DefaultTrainer):
             check_output_dir(cfg.train.output_dir, checkpoint_bytes(model))
         freeze_parameters(model, cfg.train.get("freeze") or [])
         optimizer = self.build_optimizer(cfg, model)
-        model = create_ddp_model(model, **cfg.train.ddp)
+        ddp_options = dict(cfg.train.ddp)
+        if torch.device(cfg.train.device).type == "cpu":
+            ddp_options["device_ids"] = None  # gloo on CPUs: DDP takes no device ids
+        model = create_ddp_model(model, **ddp_options)
         if amp_enabled(cfg):
             self._trainer = AutocastTrainer(
                 model, data_loader, optimizer,
@@ -248,12 +251,24 @@ class FinetuneTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         """Resume from ``last_checkpoint`` in the output dir if ``resume`` and one exists;
-        else load ``train.init_checkpoint`` (skipping only the class-dependent layers)."""
+        else load ``train.init_checkpoint`` (skipping only the class-dependent layers).
+
+        On resume the schedule's base LR is the config's ``optimizer.lr`` (a checkpoint stores
+        the LR it was trained with; resuming with a lower LR after a divergence must use it).
+        """
+        config_lrs = list(self.scheduler.base_lrs)
         self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
             if isinstance(self._sampler, ResumableTrainingSampler):
                 self._sampler.skip(self.start_iter * self.cfg.dataloader.train.total_batch_size)
+            if config_lrs != list(self.scheduler.base_lrs):
+                logger.info(f"Resuming with the config's base LR {config_lrs[0]:g} (the "
+                            f"checkpoint's was {self.scheduler.base_lrs[0]:g})")
+                self.scheduler.base_lrs = config_lrs
+                for group, base, lr in zip(self.optimizer.param_groups, config_lrs,
+                                           self.scheduler.get_lr()):
+                    group["initial_lr"], group["lr"] = base, lr
 
     def request_stop(self, reason):
         """Stop training after the current iteration (used by early stopping)."""
@@ -337,8 +352,7 @@ class FinetuneTrainer(DefaultTrainer):
     @classmethod
     def evaluate_checkpoint(cls, cfg):
         """``--eval-only``: evaluate the weights in ``train.init_checkpoint`` as they are."""
-        model = create_ddp_model(cls.load_for_inference(cfg))
-        return cls.test(cfg, model)
+        return cls.test(cfg, cls.load_for_inference(cfg))
 
 
 def default_num_workers():
