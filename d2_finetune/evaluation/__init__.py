@@ -1,15 +1,17 @@
 """Evaluators: the official Cityscapes instance AP (in memory, or through cityscapesscripts),
-and that AP together with COCO-style box and mask AP."""
+and that AP together with COCO-style box and mask AP; any evaluator's results under a prefix."""
 from .cityscapes import (
     CityscapesInstanceEvaluator,
     OfficialCityscapesInstanceEvaluator,
     cityscapes_core_name,
 )
 from .combined import CityscapesCOCOEvaluator
+from .prefixed import PrefixedEvaluator
 
 __all__ = [
     "CityscapesCOCOEvaluator",
     "CityscapesInstanceEvaluator",
     "OfficialCityscapesInstanceEvaluator",
+    "PrefixedEvaluator",
     "cityscapes_core_name",
 ]
