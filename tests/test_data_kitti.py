@@ -154,6 +154,9 @@ def test_missing_data_and_bad_options_are_reported(tmp_path, kitti_root):
     with pytest.raises(DatasetError, match=r"KITTI folder not found: .*kitti/training/image_2\. "
                                            r"Download data_object_image_2\.zip"):
         DatasetCatalog.get("kitti_ft_train")
+    with pytest.raises(DatasetError, match=r"Dataset 'kitti_ft_train': .*kitti/training/image_2 does "
+                                           r"not exist\. Download data_object_image_2\.zip"):
+        register_datasets(load_config(CONFIG, [f"dataloader.register.root={tmp_path}"]))
     with pytest.raises(DatasetError, match=r"val_fraction must be between 0 and 1, got 0"):
         register_kitti(str(tmp_path), val_fraction=0)
     register_kitti(kitti_root)

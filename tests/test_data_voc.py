@@ -90,6 +90,9 @@ def test_missing_or_broken_data_is_reported(voc_root, tmp_path):
         DatasetCatalog.get("voc_ft_2007_test")
     with pytest.raises(DatasetError, match=r"Unknown VOC dataset name\(s\) \['voc_2007_test'\]"):
         register_voc(str(tmp_path), names=["voc_2007_test"])
+    with pytest.raises(DatasetError, match=r"Dataset 'voc_ft_2007_trainval': .*VOCdevkit/VOC2007 does "
+                                           r"not exist\. Download VOCtrainval_06-Nov-2007\.tar"):
+        register_datasets(load_config(CONFIG, [f"dataloader.register.root={tmp_path}"]))
 
     shutil.copytree(os.path.join(voc_root, "VOCdevkit"), tmp_path / "VOCdevkit")
     base = tmp_path / "VOCdevkit" / "VOC2007"

@@ -254,5 +254,6 @@ def register_kitti(root=None, val_fraction=0.2, seed=0, split_dir=None):
             split=split,
             split_options=split_options,
             evaluator_type="kitti",
+            download_hint=DOWNLOAD_HINT.format(root=dataset_root(root)),
         )
     return names

@@ -119,5 +119,6 @@ def register_voc(root=None, names=None):
             year=year,
             split=split,
             evaluator_type="pascal_voc",
+            download_hint=DOWNLOAD_HINT.format(root=dataset_root(root)),
         )
     return names

@@ -3,7 +3,6 @@ from omegaconf import OmegaConf
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -11,6 +10,7 @@ from detectron2.data import (
 from detectron2.evaluation import COCOEvaluator
 
 from d2_finetune.data import fixed_subset, register_kitti
+from d2_finetune.data.mapper import DatasetMapper
 from d2_finetune.evaluation import KittiEvaluator, PrefixedEvaluator
 
 dataloader = OmegaConf.create()
@@ -38,7 +38,7 @@ dataloader.train = L(build_detection_train_loader)(
         use_instance_mask=False,  # KITTI 2D detection has boxes only
     ),
     total_batch_size=8,
-    num_workers=4,
+    num_workers="auto",  # CPU cores per GPU process - 1, at most 16
 )
 
 dataloader.test = L(build_detection_test_loader)(
@@ -48,7 +48,8 @@ dataloader.test = L(build_detection_test_loader)(
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=600, max_size=2400)],
         image_format="${...train.mapper.image_format}",
     ),
-    num_workers=4,
+    batch_size=4,  # images per forward pass in evaluation: the same predictions as one at a time
+    num_workers="auto",
 )
 
 # KITTI's AP|R40 for Car / Pedestrian / Cyclist at easy, moderate and hard as

@@ -3,7 +3,6 @@ from omegaconf import OmegaConf
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -11,6 +10,7 @@ from detectron2.data import (
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from d2_finetune.data import fixed_subset, register_voc
+from d2_finetune.data.mapper import DatasetMapper
 from d2_finetune.evaluation import PrefixedEvaluator
 
 dataloader = OmegaConf.create()
@@ -37,7 +37,7 @@ dataloader.train = L(build_detection_train_loader)(
         use_instance_mask=False,  # VOC detection has boxes only
     ),
     total_batch_size=16,
-    num_workers=4,
+    num_workers="auto",  # CPU cores per GPU process - 1, at most 16
 )
 
 dataloader.test = L(build_detection_test_loader)(
@@ -47,7 +47,8 @@ dataloader.test = L(build_detection_test_loader)(
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
         image_format="${...train.mapper.image_format}",
     ),
-    num_workers=4,
+    batch_size=4,  # images per forward pass in evaluation: the same predictions as one at a time
+    num_workers="auto",
 )
 
 # VOC AP (detectron2's evaluator: 11-point AP for VOC 2007, difficult objects ignored) as
