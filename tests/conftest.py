@@ -81,3 +81,52 @@ def tiny_cfg(cityscapes_root, tiny_init, tmp_path):
         return cfg
 
     return make
+
+
+def tiny_detector(cfg):
+    """Give ``cfg``'s model the CPU-sized architecture of configs/demo/cityscapes_demo.py
+    (ResNet-18, 64-channel FPN, slim heads), keeping its own heads and class count."""
+    from d2_finetune.config import load_config
+
+    demo = load_config(DEMO_CONFIG).model
+    cfg.model.backbone = demo.backbone
+    cfg.model.proposal_generator = demo.proposal_generator
+    heads, tiny = cfg.model.roi_heads, demo.roi_heads
+    heads.box_head = tiny.box_head
+    heads.box_predictor.input_shape = tiny.box_predictor.input_shape
+    heads.batch_size_per_image = tiny.batch_size_per_image
+    if heads.get("mask_head") is not None:
+        heads.mask_head.input_shape = tiny.mask_head.input_shape
+        heads.mask_head.conv_dims = tiny.mask_head.conv_dims
+    return cfg
+
+
+def perfect_outputs(record, with_masks=False):
+    """Model outputs that predict exactly the non-crowd annotations of a dataset dict, with
+    distinct scores, as detectron2 models return them (boxes in XYXY_ABS)."""
+    import numpy as np
+    import pycocotools.mask as mask_util
+    import torch
+
+    from detectron2.structures import Boxes, BoxMode, Instances, polygons_to_bitmask
+
+    anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
+    instances = Instances((record["height"], record["width"]))
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.scores = torch.linspace(1.0, 0.5, len(anns)) if anns else torch.zeros(0)
+    instances.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+    if with_masks:
+        masks = []
+        for a in anns:
+            segm = a["segmentation"]
+            if isinstance(segm, dict):
+                rle = segm if isinstance(segm["counts"], (str, bytes)) else mask_util.frPyObjects(
+                    segm, *segm["size"])
+                masks.append(mask_util.decode(rle).astype(bool))
+            else:
+                masks.append(polygons_to_bitmask(segm, record["height"], record["width"]))
+        shape = (0, record["height"], record["width"])
+        instances.pred_masks = (torch.from_numpy(np.stack(masks)) if masks
+                                else torch.zeros(shape, dtype=torch.bool))
+    return [{"instances": instances}]

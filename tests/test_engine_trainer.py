@@ -127,3 +127,37 @@ def test_batched_evaluation_gives_the_same_predictions(tiny_cfg):
         assert (masks != b_masks).float().mean() < 1e-3
         detections += len(classes)
     assert detections > 0
+
+
+def _cfg(num_classes, names):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"model": {"roi_heads": {"num_classes": num_classes}},
+                             "dataloader": {"train": {"dataset": {"names": names}}}})
+
+
+def test_num_classes_none_is_read_from_the_training_datasets(monkeypatch):
+    from detectron2.data import MetadataCatalog
+
+    from d2_finetune.engine import trainer as trainer_module
+    from d2_finetune.engine.trainer import resolve_num_classes
+    from d2_finetune.errors import ConfigError
+
+    warnings = []
+    monkeypatch.setattr(trainer_module.logger, "warning", warnings.append)
+
+    MetadataCatalog.get("test_ncls_a").set(thing_classes=["a", "b", "c"])
+    MetadataCatalog.get("test_ncls_b").set(thing_classes=["x", "y", "z"])
+    MetadataCatalog.get("test_ncls_c").set(thing_classes=["x", "y"])
+    cfg = _cfg(None, ["test_ncls_a", "test_ncls_b"])
+    assert resolve_num_classes(cfg) == 3 and cfg.model.roi_heads.num_classes == 3
+    with pytest.raises(ConfigError, match=r"different numbers of classes test_ncls_a: 3, test_ncls_c: 2"):
+        resolve_num_classes(_cfg(None, ["test_ncls_a", "test_ncls_c"]))
+    with pytest.raises(ConfigError, match=r"class count of the training dataset 'test_ncls_unregistered', "
+                                          r"which has no thing_classes: register it first"):
+        resolve_num_classes(_cfg(None, "test_ncls_unregistered"))
+    with pytest.raises(ConfigError, match=r"names no registered dataset; set model\.roi_heads\.num_classes"):
+        resolve_num_classes(_cfg(None, None))
+    cfg = _cfg(5, "test_ncls_a")
+    assert resolve_num_classes(cfg) == 5
+    assert warnings == ["model.roi_heads.num_classes=5 but the training data (test_ncls_a) has 3 classes."]

@@ -11,15 +11,23 @@ from ..errors import DatasetError
 from .cityscapes import CITYSCAPES_THING_CLASSES, load_cityscapes_instances, register_cityscapes
 from .coco import register_coco_dataset
 from .common import fixed_subset
+from .kitti import KITTI_CLASSES, load_kitti, register_kitti
+from .voc import VOC_CLASSES, load_voc, register_voc
 
 __all__ = [
     "CITYSCAPES_THING_CLASSES",
+    "KITTI_CLASSES",
+    "VOC_CLASSES",
     "fixed_subset",
     "load_cityscapes_instances",
+    "load_kitti",
+    "load_voc",
     "register_cityscapes",
     "register_coco_dataset",
     "register_datasets",
     "check_datasets",
+    "register_kitti",
+    "register_voc",
 ]
 
 

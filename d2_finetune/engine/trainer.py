@@ -27,7 +27,13 @@ from .checks import check_output_dir, checkpoint_bytes
 from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
 from .state import RNGState
 
-__all__ = ["FinetuneTrainer", "AutocastTrainer", "TrainingDivergedError", "autocast_context"]
+__all__ = [
+    "FinetuneTrainer",
+    "AutocastTrainer",
+    "TrainingDivergedError",
+    "autocast_context",
+    "resolve_num_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +158,7 @@ class FinetuneTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        resolve_num_classes(cfg)
         model = instantiate(cfg.model)
         model.to(torch.device(cfg.train.device))
         logging.getLogger(__name__).info("Model:\n{}".format(model))
@@ -408,3 +415,56 @@ def freeze_parameters(model, patterns):
         f"freeze_at and train.freeze={list(patterns)})"
     )
     return trainable
+
+
+def resolve_num_classes(cfg):
+    """Set ``model.roi_heads.num_classes`` from the training data when the config leaves it
+    None, so a dataset whose classes come from its files (a COCO json) never has them typed by
+    hand. The training datasets must be registered first and agree on their classes.
+
+    Returns:
+        int or None: the class count the model is built with.
+    """
+    roi_heads = cfg.model.get("roi_heads")
+    if roi_heads is None or "num_classes" not in roi_heads:
+        return None
+    wanted = roi_heads.num_classes
+    names = cfg.dataloader.train.dataset.get("names")
+    if names is None:
+        if wanted is None:
+            raise ConfigError(
+                "model.roi_heads.num_classes=None asks for the training dataset's class count, "
+                "but dataloader.train.dataset names no registered dataset; set "
+                "model.roi_heads.num_classes."
+            )
+        return wanted
+    names = [names] if isinstance(names, str) else list(names)
+    counts = {}
+    for name in names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is None:
+            if wanted is not None:
+                return wanted
+            raise ConfigError(
+                f"model.roi_heads.num_classes=None asks for the class count of the training "
+                f"dataset '{name}', which has no thing_classes: register it first (the "
+                "config's dataloader.register, run by scripts/train_net.py) or set "
+                "model.roi_heads.num_classes."
+            )
+        counts[name] = len(classes)
+    if len(set(counts.values())) > 1:
+        raise ConfigError(
+            "The training datasets have different numbers of classes "
+            + ", ".join(f"{n}: {c}" for n, c in counts.items()) + "; train on datasets that share "
+            "their classes."
+        )
+    count = counts[names[0]]
+    if wanted is None:
+        roi_heads.num_classes = count
+        logger.info(f"model.roi_heads.num_classes = {count}, from the classes of {names[0]}")
+    elif wanted != count:
+        logger.warning(
+            f"model.roi_heads.num_classes={wanted} but the training data ({names[0]}) has "
+            f"{count} classes."
+        )
+    return roi_heads.num_classes
