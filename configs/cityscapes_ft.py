@@ -24,10 +24,6 @@ lr_multiplier.steps = [56 * 2975 // 8]
 # Linear warmup over 500 iterations from 0.001 x lr.
 lr_multiplier.warmup_iters = 500
 
-# Mixed precision (float16 on GPUs): the same accuracy, ~1.4x the images per second of the
-# float32 pipeline (bench/train_throughput.py). On a CPU it runs in float32.
-train.amp.enabled = True
-
 # Evaluate and checkpoint once per tutorial epoch (8 passes): 8 * 2975 / 8 = 2,975 iterations.
 train.eval_period = 8 * 2975 // 8
 train.checkpointer.period = 8 * 2975 // 8

@@ -19,8 +19,6 @@ train = dict(
     # Evaluate and checkpoint once per tutorial epoch (8 passes).
     eval_period=8 * 2975 // 8,
     checkpointer=dict(period=8 * 2975 // 8),
-    # Mixed precision (float16 on GPUs); on a CPU it runs in float32.
-    amp=dict(enabled=True),
 )
 
 # The tutorial's lr is set for a batch of 8 (momentum 0.9, weight decay 1e-4: as in the base).

@@ -11,7 +11,9 @@ train = dict(
     eval_after_train=True,  # evaluate once more when training ends
     checkpointer=dict(period=5000, max_to_keep=3),
     log_period=20,
-    amp=dict(enabled=False, dtype="float16"),  # mixed precision: float16 (CUDA) or bfloat16
+    # Mixed precision: float16 on GPUs (faster, 40% less GPU memory: bench/README.md); a CPU
+    # runs float16 configs in float32. bfloat16 runs anywhere.
+    amp=dict(enabled=True, dtype="float16"),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     seed=-1,  # -1: a random seed per run (logged); >= 0: reproducible
     cudnn_benchmark=False,  # let cuDNN time its algorithms for each new input shape

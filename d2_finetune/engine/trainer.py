@@ -54,8 +54,8 @@ def amp_enabled(cfg):
     if not cfg.train.amp.enabled:
         return False
     if torch.device(cfg.train.device).type == "cpu" and _amp_dtype(cfg) == torch.float16:
-        logger.warning("train.amp: float16 needs a GPU; running in float32 on the CPU "
-                       "(train.amp.dtype=bfloat16 gives mixed precision on CPUs).")
+        logger.info("train.amp: float16 needs a GPU; running in float32 on the CPU "
+                    "(train.amp.dtype=bfloat16 gives mixed precision on CPUs).")
         return False
     return True
 
