@@ -6,6 +6,8 @@ from d2_finetune.solver import warmup_multistep
 train = dict(
     output_dir="./output",
     init_checkpoint="",  # weights to start from: a local file or a detectron2:// / https:// URL
+    class_map="auto",  # classes start from same-named checkpoint classes; or {target: source}, None
+    strict_transfer=True,  # any mismatch outside the class-dependent layers is an error
     max_iter=90000,
     eval_period=5000,  # iterations between evaluations; 0 evaluates only at the end
     eval_after_train=True,  # evaluate once more when training ends

@@ -19,7 +19,7 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter
 
-from ..checkpoint import FinetuneCheckpointer
+from ..checkpoint import FinetuneCheckpointer, fresh_tensors
 from ..data.samplers import ResumableTrainingSampler
 from ..errors import CheckpointError, ConfigError, DatasetError, UserError
 from ..solver import resolve_schedule
@@ -342,17 +342,26 @@ class FinetuneTrainer(DefaultTrainer):
 
     @classmethod
     def load_for_inference(cls, cfg):
-        """The model with the weights of ``train.init_checkpoint``, refusing weights whose
-        class-dependent layers do not fit (they would predict with a random head)."""
+        """The model with the weights of ``train.init_checkpoint``, refusing weights that leave
+        any of its tensors at their random initialisation (e.g. a COCO checkpoint on an 8-class
+        model: rider has no source), since it would predict with a partly random head."""
+        if not cfg.train.init_checkpoint:
+            raise CheckpointError(
+                "No weights to predict with: set "
+                "train.init_checkpoint=<output_dir>/model_final.pth."
+            )
         model = cls.build_model(cfg)
         checkpointer = cls.build_checkpointer(cfg, model)
-        checkpointer.load(cfg.train.init_checkpoint)
-        if checkpointer.skipped:
-            names = ", ".join(k for k, _, _ in checkpointer.skipped)
+        report = checkpointer.load(cfg.train.init_checkpoint)
+        fresh = fresh_tensors(report)
+        if fresh:
+            classes = [t for t, s in report["class_map"].items() if s is None]
+            which = f" (classes without a source: {', '.join(classes)})" if classes else ""
             raise CheckpointError(
-                f"{cfg.train.init_checkpoint} does not fit this model's classes ({names} differ "
-                "in shape): evaluating it would score a randomly initialised head. Evaluate a "
-                "checkpoint fine-tuned with this config (e.g. <output_dir>/model_final.pth)."
+                f"{cfg.train.init_checkpoint} does not fit this model's classes: "
+                f"{', '.join(fresh)} would keep their random initialisation{which}, so its "
+                "predictions and scores would come from a random head. Use a checkpoint "
+                "fine-tuned with this config (e.g. <output_dir>/model_final.pth)."
             )
         return model
 
