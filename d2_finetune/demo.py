@@ -36,9 +36,12 @@ TRAIN_NET = os.path.join(REPO, "scripts", "train_net.py")
 
 def save_model_zoo_pkl(pth_file, pkl_file, author):
     """Convert one of our ``.pth`` checkpoints to Detectron2's model-zoo ``.pkl`` format:
-    ``{"model": {name: numpy array}, "__author__": ...}``."""
-    state = torch.load(pth_file, map_location="cpu", weights_only=True)["model"]
-    data = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": author}
+    ``{"model": {name: numpy array}, "__author__": ...}``, keeping its ``thing_classes`` (the
+    class names the transfer matches by)."""
+    checkpoint = torch.load(pth_file, map_location="cpu", weights_only=True)
+    data = {"model": {k: v.numpy() for k, v in checkpoint["model"].items()}, "__author__": author}
+    if "thing_classes" in checkpoint:
+        data["thing_classes"] = list(checkpoint["thing_classes"])
     with open(pkl_file, "wb") as f:
         pickle.dump(data, f)
 
