@@ -15,7 +15,6 @@ recorded and safe.
 """
 import collections
 import hashlib
-import io
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ __all__ = [
     "coco_thing_classes",
     "fresh_tensors",
     "match_classes",
+    "model_num_classes",
     "normalize_class_name",
     "read_checkpoint",
 ]
@@ -509,6 +509,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         self.report = None
         self._resuming = False
         self._source = None
+        self._file_info = None
 
     # -- saving ---------------------------------------------------------------------------------
 
@@ -542,6 +543,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         self._source = path
         self.report = None
         try:
+            # fvcore's load: the URL is already resolved, which DetectionCheckpointer.load redoes.
             Checkpointer.load(self, local, checkpointables)
         finally:
             self._source = None
@@ -615,8 +617,10 @@ class FinetuneCheckpointer(DetectionCheckpointer):
 
     def _mapping(self, target, source, k_tgt, k_src):
         """Source class index for each target class (None: fresh), and a note."""
-        if self.class_map is None or k_tgt is None:
+        if self.class_map is None:
             return None, "class transplant disabled (class_map=None)"
+        if k_tgt is None:
+            return None, "the model has no class-dependent layers"
         if target is not None and source is not None:
             return match_classes(target, source, self.class_map), "by name"
         if isinstance(self.class_map, dict):
@@ -626,11 +630,13 @@ class FinetuneCheckpointer(DetectionCheckpointer):
                 "(the checkpoint has no thing_classes and its head is not COCO's 80 classes, "
                 "or no training dataset gives the model's). Use train.class_map=auto or None."
             )
+        unknown = (
+            "the model's class names are unknown" if target is None
+            else "the checkpoint names no classes and its head is not COCO's"
+        )
         if k_src == k_tgt:
-            return list(range(k_tgt)), (
-                "class names not known on both sides; same number of classes: loaded as saved"
-            )
-        return [None] * k_tgt, "class names not known on both sides: no class matched"
+            return list(range(k_tgt)), unknown + "; same number of classes: loaded as saved"
+        return [None] * k_tgt, unknown + ": no class matched"
 
     def _plan(self, state, names):
         model_state = self.model.state_dict()

@@ -6,6 +6,7 @@ distinguishable from every other and from the target's fresh initialisation.
 """
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -370,7 +371,8 @@ def _small_pth(path):
      "not a model checkpoint: it has the entry 'name', a str"),
     ("strings.pth", lambda p: torch.save({"model": {"a": "b"}}, p),
      "not a model checkpoint: it has the entry 'a', a str"),
-    ("objects.pkl", lambda p: p.write_bytes(pickle.dumps({"model": {"w": np.array(["x"], object)}})),
+    ("objects.pkl",
+     lambda p: p.write_bytes(pickle.dumps({"model": {"w": np.array(["x"], object)}})),
      "not a model checkpoint: it has the entry 'w', a ndarray"),
 ])
 def test_unreadable_or_foreign_files(tmp_path, name, make, message):
@@ -559,7 +561,8 @@ def test_match_classes_pascal_voc_and_kitti():
     assert match_classes(["MotorBike", "potted_plant", "Rider"], COCO) == [
         COCO.index("motorcycle"), COCO.index("potted plant"), None]
     # A checkpoint with VOC's names gives them to a model with COCO's spelling.
-    assert match_classes(["motorcycle", "couch"], voc) == [voc.index("motorbike"), voc.index("sofa")]
+    assert match_classes(["motorcycle", "couch"], voc) == [voc.index("motorbike"),
+                                                          voc.index("sofa")]
 
 
 class _Cascade(nn.Module):
@@ -616,10 +619,46 @@ def test_retinanet_rows_are_transplanted_per_anchor(tmp_path):
     model = _Retina(8)
     before = snapshot(model)
     FinetuneCheckpointer(model, target_classes=CITY).load(str(path))
-    after, src = model.state_dict()["head.cls_score.bias"], source.state_dict()["head.cls_score.bias"]
+    key = "head.cls_score.bias"
+    after, src = model.state_dict()[key], source.state_dict()[key]
     for anchor in range(3):
         for t, name in enumerate(CITY):
             if name == "rider":
-                assert after[anchor * 8 + t] == before["head.cls_score.bias"][anchor * 8 + t]
+                assert after[anchor * 8 + t] == before[key][anchor * 8 + t]
             else:
                 assert after[anchor * 8 + t] == src[anchor * 80 + COCO.index(name)]
+
+
+def test_checkpoint_without_class_names(tmp_path):
+    source = snapshot(build("model.roi_heads.num_classes=20", seed=3))
+    path = save_pkl(tmp_path / "voc_like.pkl", source)
+    model = build()
+    before = snapshot(model)
+    report = FinetuneCheckpointer(model, target_classes=CITY).load(path)
+    assert report["source_classes"] is None
+    assert report["class_map"] == {c: None for c in CITY}
+    assert "the checkpoint names no classes" in report["class_map_note"]
+    cls = next(e for e in report["transplanted"] if e["key"] == CLS + "weight")
+    assert cls["rows"] == [[8, 20]] and cls["fresh_rows"] == list(range(8))
+    assert torch.equal(model.state_dict()[CLS + "weight"][:8], before[CLS + "weight"][:8])
+    assert sorted(e["key"] for e in report["reinitialized"]) == sorted(CLASS_KEYS[2:])
+
+    with pytest.raises(ConfigError, match=r"names classes, but the checkpoint's classes are unk"):
+        FinetuneCheckpointer(build(), target_classes=CITY,
+                             class_map={"rider": "person"}).load(path)
+
+
+def test_the_log_shows_the_transfer_as_tables(coco, caplog):
+    log = logging.getLogger("d2_finetune.checkpoint")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="d2_finetune.checkpoint"):
+            FinetuneCheckpointer(build(), target_classes=CITY).load(coco["pkl"])
+    finally:
+        log.removeHandler(caplog.handler)
+    text = caplog.text
+    assert f"Loaded {coco['pkl']} (detectron2 model-zoo pkl, sha256 " in text
+    assert "| roi_heads.box_predictor.cls_score.weight | (81, 256)      | (9, 256)      | " \
+           "transplanted 8 rows, 1 fresh  |" in text
+    assert f"| {len(coco['state']) - 6} other tensors" in text
+    assert "| rider      | (fresh)" in text and "| motorcycle | motorcycle" in text

@@ -258,7 +258,7 @@ class FinetuneTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         """Resume from ``last_checkpoint`` in the output dir if ``resume`` and one exists;
-        else load ``train.init_checkpoint`` (skipping only the class-dependent layers).
+        else load ``train.init_checkpoint`` (see :class:`FinetuneCheckpointer`).
 
         On resume the schedule's base LR is the config's ``optimizer.lr`` (a checkpoint stores
         the LR it was trained with; resuming with a lower LR after a divergence must use it).
