@@ -473,6 +473,24 @@ def fresh_tensors(report):
 # ----------------------------------------------------------------------------------------------
 
 
+_PARTIAL_SUFFIX = ".tmp"
+
+
+def _atomic_write(path, write):
+    """Write ``path`` through ``write(file)`` into ``path.tmp``, flush it to disk, then rename."""
+    partial = path + _PARTIAL_SUFFIX
+    with open(partial, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 class FinetuneCheckpointer(DetectionCheckpointer):
     """A DetectionCheckpointer for fine-tuning: strict, class-aware, recorded and safe.
 
@@ -513,11 +531,36 @@ class FinetuneCheckpointer(DetectionCheckpointer):
 
     # -- saving ---------------------------------------------------------------------------------
 
-    def save(self, name, **kwargs):
-        """Save as detectron2 does, plus the class names, so that a later load knows them."""
+    def save(self, name, *, tag_last=True, **kwargs):
+        """Save as detectron2 does, plus the class names (so a later load knows them), and
+        atomically: the file is written under a temporary name and renamed when complete, and
+        only then named in ``last_checkpoint`` (unless ``tag_last=False``). A crash mid-write
+        leaves the previous checkpoints and ``last_checkpoint`` as they were."""
+        if not self.save_dir or not self.save_to_disk:
+            return
         if self.target_classes is not None:
             kwargs.setdefault(CLASS_NAMES_KEY, list(self.target_classes))
-        super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        _atomic_write(path, lambda f: torch.save(data, f))
+        if tag_last:
+            self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                      lambda f: f.write(last_filename_basename.encode()))
+
+    def remove_partial_files(self):
+        """Delete what an interrupted save left behind (``*.pth.tmp``)."""
+        if self.save_dir and os.path.isdir(self.save_dir):
+            for name in os.listdir(self.save_dir):
+                if name.endswith(_PARTIAL_SUFFIX):
+                    os.remove(os.path.join(self.save_dir, name))
 
     # -- loading --------------------------------------------------------------------------------
 

@@ -127,3 +127,72 @@ def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(cit
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     if named == "model_final.pth":
         assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())
+
+
+def start(args, log_file):
+    return subprocess.Popen([sys.executable, TRAIN_NET, *args], stdout=log_file,
+                            stderr=subprocess.STDOUT)
+
+
+def kill_when(proc, condition, timeout=300):
+    """SIGKILL ``proc`` as soon as ``condition()`` holds; False if it ended first."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_path):
+    """SIGKILL at several moments, including inside a checkpoint write; each --resume goes on
+    from the last complete checkpoint, and the run ends with the weights of an uninterrupted
+    run (deterministic CPU mode: seeded, data loading in the training process)."""
+    import glob
+
+    import torch
+
+    def overrides(out):
+        return tiny_overrides(cityscapes_root, out, **{
+            "train.init_checkpoint": tiny_init, "train.max_iter": 8, "lr_multiplier.steps": [6],
+            "train.checkpointer.period": 1, "train.eval_after_train": False,
+        })
+
+    straight = str(tmp_path / "straight")
+    run(["--config-file", DEMO_CONFIG, *overrides(straight)])
+    expected = torch.load(os.path.join(straight, "model_final.pth"), weights_only=True)
+
+    out = str(tmp_path / "killed")
+    args = ["--config-file", DEMO_CONFIG, "--resume", *overrides(out)]
+
+    def iteration_done(n):
+        return lambda: os.path.isfile(os.path.join(out, f"model_{n:07d}.pth"))
+
+    def writing_after(n):
+        return lambda: iteration_done(n)() and glob.glob(os.path.join(out, "*.pth.tmp"))
+
+    kills = [iteration_done(1), writing_after(2), iteration_done(5)]
+    caught_mid_write = False
+    with open(tmp_path / "log.txt", "w") as log:
+        for condition in kills:
+            proc = start(args, log)
+            assert kill_when(proc, condition), "the run ended before it could be killed"
+            with open(os.path.join(out, "last_checkpoint")) as f:
+                named = f.read().strip()
+            torch.load(os.path.join(out, named), weights_only=True)  # complete and readable
+            caught_mid_write |= bool(glob.glob(os.path.join(out, "*.pth.tmp")))
+    assert caught_mid_write
+    resume_from = torch.load(os.path.join(out, named), weights_only=True)["iteration"] + 1
+    assert resume_from >= 5
+    proc = run(args)
+    assert f"Starting training from iteration {resume_from}" in proc.stdout + proc.stderr
+    assert not glob.glob(os.path.join(out, "*.tmp"))
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert final["iteration"] == 7
+    for key, value in expected["model"].items():
+        assert torch.equal(final["model"][key], value), key

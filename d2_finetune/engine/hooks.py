@@ -59,13 +59,10 @@ class BestCheckpointer(hooks.BestCheckpointer):
             self.best_metric, self.best_iter = value, iteration
             self.evals_without_improvement = 0
             if comm.is_main_process():
-                # fvcore's save() names the file in last_checkpoint; --resume must continue
-                # from the latest periodic checkpoint, not from the best one.
-                last = self._checkpointer.get_checkpoint_file()
-                self._checkpointer.save(self._file_prefix, iteration=iteration,
+                # Not named in last_checkpoint: --resume continues from the latest periodic
+                # checkpoint, not from the best one.
+                self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration,
                                         best_metric={self._val_metric: value})
-                if last:
-                    self._checkpointer.tag_last_checkpoint(os.path.basename(last))
             self._logger.info(
                 f"New best {self._val_metric} = {value:.4f} at iteration {iteration}: "
                 f"saved {self._file_prefix}.pth"

@@ -186,9 +186,13 @@ class FinetuneTrainer(DefaultTrainer):
                 f"The training dataset {cfg.dataloader.train.dataset.get('names')} has no images "
                 "left after filtering (images without annotations are dropped for training)."
             )
+        seed = cfg.train.get("seed", -1)
         if loader_cfg.get("sampler") is None:
-            seed = cfg.train.get("seed", -1)
             loader_cfg.sampler = ResumableTrainingSampler(len(dataset), seed=seed if seed >= 0 else None)
+        if seed >= 0 and "seed" not in loader_cfg:
+            # Worker seeds from the loader's own generator, not from the global RNG stream
+            # (which a resumed run restores): reproducible, and resumable exactly.
+            loader_cfg.seed = seed
         loader_cfg.dataset = DatasetFromList(dataset, copy=False)
         return instantiate(loader_cfg), loader_cfg.sampler, len(dataset)
 
@@ -264,8 +268,16 @@ class FinetuneTrainer(DefaultTrainer):
         the LR it was trained with; resuming with a lower LR after a divergence must use it).
         """
         config_lrs = list(self.scheduler.base_lrs)
-        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
+        resuming = resume and self.checkpointer.has_checkpoint()
+        if resuming and comm.is_main_process():
+            self.checkpointer.remove_partial_files()
+        try:
+            self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
+        except CheckpointError as e:
+            if not resuming:
+                raise
+            raise CheckpointError(self._resume_failure(e)) from e
+        if resuming:
             self.start_iter = self.iter + 1
             if isinstance(self._sampler, ResumableTrainingSampler):
                 self._sampler.skip(self.start_iter * self.cfg.dataloader.train.total_batch_size)
@@ -276,6 +288,21 @@ class FinetuneTrainer(DefaultTrainer):
                 for group, base, lr in zip(self.optimizer.param_groups, config_lrs,
                                            self.scheduler.get_lr()):
                     group["initial_lr"], group["lr"] = base, lr
+
+    def _resume_failure(self, error):
+        named = self.checkpointer.get_checkpoint_file()
+        others = [os.path.basename(f) for f in self.checkpointer.get_all_checkpoint_files()
+                  if f != named and os.path.basename(f) != "model_best.pth"]
+        alternatives = (
+            f" Other checkpoints here: {', '.join(sorted(others)[-3:])}; to resume from one, "
+            "write its name into last_checkpoint."
+            if others else ""
+        )
+        return (
+            f"Cannot resume: {os.path.join(self.cfg.train.output_dir, 'last_checkpoint')} names "
+            f"{os.path.basename(named)}, which cannot be loaded ({error}).{alternatives} Or start "
+            "afresh without --resume, in a new train.output_dir."
+        )
 
     def request_stop(self, reason):
         """Stop training after the current iteration (used by early stopping)."""
