@@ -217,3 +217,86 @@ def test_eval_only_with_a_head_that_does_not_fit(base_args, tmp_path, capfd):
     code, err = run_main(["--config-file", DEMO_CONFIG, "--eval-only", *overrides,
                           f"train.init_checkpoint={coco}"], capfd)
     assert_reported(code, err, r"coco\.pth does not fit this model's classes", out)
+
+
+def _bad_checkpoint(kind, path, cfg_overrides):
+    """A file of ``kind`` at ``path``: truncated, random bytes, another architecture, unsafe."""
+    import os as _os
+    import pickle
+
+    import torch
+
+    from d2_finetune.config import load_config
+    from d2_finetune.engine import FinetuneTrainer
+
+    if kind in ("truncated", "other architecture"):
+        extra = ["model.backbone.bottom_up.stages.depth=34"] if kind == "other architecture" else []
+        cfg = load_config(DEMO_CONFIG, cfg_overrides + ["train.device=cpu"] + extra)
+        torch.save({"model": FinetuneTrainer.build_model(cfg).state_dict()}, path)
+        if kind == "truncated":
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 2])
+    elif kind == "random bytes":
+        open(path, "wb").write(_os.urandom(1 << 16))
+    elif kind == "unsafe":
+        class Payload:
+            def __reduce__(self):
+                return (_os.system, (f"touch {path}.executed",))
+
+        with open(path, "wb") as f:
+            pickle.dump({"model": {}, "__author__": Payload()}, f)
+
+
+@pytest.mark.parametrize("kind, ext, pattern", [
+    ("truncated", "pth", r"truncated\.pth is not a readable checkpoint"),
+    ("random bytes", "pth", r"random_bytes\.pth is not a readable checkpoint"),
+    ("other architecture", "pth", r"other_architecture\.pth does not fit the model outside its "
+                                  r"class-dependent layers.*train\.strict_transfer=False"),
+    ("unsafe", "pkl", r"unsafe\.pkl: refused to load: .*'posix\.system'.*Nothing was executed"),
+])
+def test_bad_init_checkpoint(kind, ext, pattern, base_args, tmp_path, capfd):
+    out, overrides = base_args
+    path = str(tmp_path / f"{kind.replace(' ', '_')}.{ext}")
+    _bad_checkpoint(kind, path, overrides)
+    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"train.init_checkpoint={path}"], capfd)
+    assert_reported(code, err, pattern, out)
+    assert not os.path.exists(path + ".executed")
+
+
+def test_offline_checkpoint_url_says_where_to_download(base_args, capfd, monkeypatch):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("FVCORE_CACHE", str(os.path.dirname(base_args[0])))
+    out, overrides = base_args
+    url = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"train.init_checkpoint={url}"], capfd)
+    assert_reported(code, err, r"Cannot download https://dl\.fbaipublicfiles\.com/detectron2/"
+                    r"COCO-InstanceSegmentation/.*model_final_f10217\.pkl.*set "
+                    r"train\.init_checkpoint=/path/to/model_final_f10217\.pkl", out)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_resume_with_a_corrupt_last_checkpoint(damage, base_args, capfd):
+    out, overrides = base_args
+    argv = ["--config-file", DEMO_CONFIG, *overrides, "train.max_iter=2", "lr_multiplier.steps=[1]",
+            "train.checkpointer.period=1", "train.eval_after_train=False"]
+    args = train_net.argument_parser().parse_args(argv)
+    train_net.main(args)
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        named = os.path.join(out, f.read().strip())
+    if damage == "missing":
+        os.remove(named)
+    else:
+        data = open(named, "rb").read()
+        open(named, "wb").write(data[: len(data) // 3])
+    capfd.readouterr()
+    code, err = run_main(["--resume", *argv, "train.max_iter=4"], capfd)
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"Cannot resume: {out}/last_checkpoint names model_final.pth, which cannot be loaded" in last
+    assert "Other checkpoints here: model_0000000.pth" in last
+    assert "write its name into last_checkpoint" in last and "without --resume" in last
