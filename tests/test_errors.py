@@ -300,3 +300,14 @@ def test_resume_with_a_corrupt_last_checkpoint(damage, base_args, capfd):
     assert f"Cannot resume: {out}/last_checkpoint names model_final.pth, which cannot be loaded" in last
     assert "Other checkpoints here: model_0000000.pth" in last
     assert "write its name into last_checkpoint" in last and "without --resume" in last
+
+
+def test_more_gpus_than_the_machine_has(base_args, capfd, monkeypatch):
+    import torch
+
+    out, overrides = base_args
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, err = run_main(["--num-gpus", "4", "--config-file", DEMO_CONFIG, *overrides,
+                          "train.device=cpu", "dataloader.train.total_batch_size=4"], capfd)
+    assert_reported(code, err, r"--num-gpus 4 but this machine has 1 GPU\(s\)", out)

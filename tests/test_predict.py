@@ -48,3 +48,22 @@ def test_predict_refuses_a_missing_input(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert f"--input {tmp_path / 'nope'}: no such file or folder" in proc.stderr
+
+
+def test_predict_refuses_a_folder_without_images(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, PREDICT, "--config-file", DEMO_CONFIG, "--input",
+                           str(tmp_path / "empty"), "--output", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert f"--input {tmp_path / 'empty'}: no images (.png, .jpg" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_refuses_a_confidence_outside_0_1(cityscapes_root, tmp_path):
+    images = os.path.join(cityscapes_root, "cityscapes", "leftImg8bit", "val")
+    proc = subprocess.run([sys.executable, PREDICT, "--config-file", DEMO_CONFIG, "--input", images,
+                           "--output", str(tmp_path / "o"), "--confidence", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "--confidence must be between 0 and 1, got 2.0." in proc.stderr
