@@ -308,9 +308,9 @@ def _coerce(node, last, value, key, text):
         value = float(value) if ok else value
         want = "a number"
     elif isinstance(current, str):
-        # Numbers may replace strings: some keys take a word or a number (num_workers="auto").
-        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-        want = "a string or a number"
+        # Some keys take a word or a number (num_workers="auto") or a mapping (class_map="auto").
+        ok = isinstance(value, (str, int, float, dict)) and not isinstance(value, bool)
+        want = "a string, a number or a mapping"
     elif isinstance(current, (ListConfig, list, tuple)):
         ok = isinstance(value, (list, tuple))
         want = "a list, e.g. [1,2]"

@@ -172,6 +172,13 @@ def test_bad_overrides_are_refused(override, message):
         load_config(LEAF, [override])
 
 
+def test_keys_that_take_a_word_or_a_mapping():
+    cfg = load_config(LEAF, ["train.class_map={rider:person}", "dataloader.train.num_workers=3"])
+    assert dict(cfg.train.class_map) == {"rider": "person"}
+    assert cfg.dataloader.train.num_workers == 3
+    assert load_config(LEAF, ["train.class_map=null"]).train.class_map is None
+
+
 def test_override_of_a_lazycall_parameter_not_yet_set_is_accepted():
     cfg = load_config(LEAF, ["model.roi_heads.box_predictor.cls_agnostic_bbox_reg=true"])
     model = instantiate(cfg.model)
