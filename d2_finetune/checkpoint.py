@@ -519,8 +519,9 @@ class FinetuneCheckpointer(DetectionCheckpointer):
     """
 
     def __init__(self, model, save_dir="", *, target_classes=None, class_map="auto",
-                 strict=True, **checkpointables):
+                 strict=True, record_name="transfer.json", **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
+        self.record_name = record_name
         self.target_classes = list(target_classes) if target_classes is not None else None
         self.class_map = _check_class_map(class_map)
         self.strict = strict
@@ -876,7 +877,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         logger.info(_report_table(report))
         if not (self.save_dir and self.save_to_disk):
             return
-        name = "transfer_resume.json" if report["resumed"] else "transfer.json"
+        name = "transfer_resume.json" if report["resumed"] else self.record_name
         self.path_manager.mkdirs(self.save_dir)
         path = os.path.join(self.save_dir, name)
         with self.path_manager.open(path, "w") as f:

@@ -9,6 +9,7 @@ No Cityscapes and no COCO weights can be downloaded here, so the demo makes hone
 3. fine-tuning with ``scripts/train_net.py --config-file configs/demo/cityscapes_demo.py``
    (which inherits ``configs/cityscapes_ft.py``), then the Cityscapes AP and prediction pictures.
 """
+import json
 import logging
 import os
 import pickle
@@ -132,4 +133,18 @@ def run_demo(output_dir="output/demo", num_train=60, num_val=20, predictions=4):
     images = list_images(os.path.join(p["data"], "cityscapes", "leftImg8bit", "val"))[:predictions]
     predict_images(Predictor(cfg, model), images, p["predictions"], "cityscapes_ft_instance_val")
     print(f"Wrote {len(images)} pictures and JSON files to {p['predictions']}")
-    print(f"\nDemo finished in {time.time() - start:.0f} s. Outputs under {output_dir}")
+    _summary(p, time.time() - start)
+
+
+def _summary(p, seconds):
+    with open(os.path.join(p["finetune"], "transfer.json")) as f:
+        transfer = json.load(f)
+    with open(os.path.join(p["finetune"], "inference", "cityscapes_instance_results.json")) as f:
+        metrics = json.load(f)["metrics"]
+    started = ", ".join(f"{t} <- {s}" if s else f"{t} fresh" for t, s in transfer["class_map"].items())
+    _banner("Summary (synthetic data and a stand-in COCO checkpoint: not Cityscapes results)")
+    print(f"Head transfer from the stand-in COCO checkpoint: {started}")
+    print(f"Cityscapes mask AP on the synthetic val split: {metrics['AP']:.1f} (AP50 {metrics['AP50']:.1f})")
+    print(f"Outputs: {os.path.dirname(p['finetune'])} (logs, checkpoints, transfer.json, plots/, "
+          "inference/, predictions/)")
+    print(f"Demo finished in {seconds:.0f} s.")

@@ -78,6 +78,23 @@ def test_eval_only_evaluates_a_fine_tuned_checkpoint(tiny_cfg, tmp_path):
     assert "AP" in flat
 
 
+def test_evaluating_in_a_training_output_dir_keeps_its_transfer_record(tiny_cfg, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 1, "lr_multiplier.steps": [],
+                                      "lr_multiplier.warmup_iters": 0})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    with open(os.path.join(out, "transfer.json")) as f:
+        started = f.read()
+    final = os.path.join(out, "model_final.pth")
+    FinetuneTrainer.load_for_inference(tiny_cfg(output_dir=out, **{"train.init_checkpoint": final}))
+    with open(os.path.join(out, "transfer.json")) as f:
+        assert f.read() == started
+    with open(os.path.join(out, "inference_weights.json")) as f:
+        assert json.load(f)["source"] == final
+
+
 def test_eval_only_refuses_a_checkpoint_whose_head_does_not_fit(tiny_cfg, tmp_path):
     out = str(tmp_path / "coco")
     cfg = tiny_cfg(output_dir=out, **{"model.roi_heads.num_classes": 80})

@@ -35,3 +35,4 @@ train.output_dir = "output/demo/coco_standin"
 train.max_iter = 300
 lr_multiplier.steps = [250]
 train.eval_period = 300
+train.best_metric.name = "segm/AP"  # COCOEvaluator's mask AP

@@ -45,10 +45,11 @@ class BestCheckpointer(hooks.BestCheckpointer):
     def _best_checking(self):
         latest = self.trainer.storage.latest().get(self._val_metric)
         if latest is None:
+            overall = sorted(k for k in self.trainer.storage.latest()
+                             if k.startswith(EVAL_PREFIXES) and "-" not in k)
             self._logger.warning(
                 f"Metric {self._val_metric} was not computed by the evaluators, so no best "
-                f"checkpoint is kept; set train.best_metric to one of: "
-                + ", ".join(sorted(k for k in self.trainer.storage.latest() if "/" in k))
+                "checkpoint is kept; set train.best_metric.name to one of: " + ", ".join(overall)
             )
             return
         value, iteration = latest

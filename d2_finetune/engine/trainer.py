@@ -212,13 +212,14 @@ class FinetuneTrainer(DefaultTrainer):
         return LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
 
     @classmethod
-    def build_checkpointer(cls, cfg, model, **checkpointables):
+    def build_checkpointer(cls, cfg, model, record_name="transfer.json", **checkpointables):
         return FinetuneCheckpointer(
             model,
             cfg.train.output_dir,
             target_classes=train_classes(cfg),
             class_map=cfg.train.get("class_map", "auto"),
             strict=cfg.train.get("strict_transfer", True),
+            record_name=record_name,
             **checkpointables,
         )
 
@@ -378,7 +379,9 @@ class FinetuneTrainer(DefaultTrainer):
                 "train.init_checkpoint=<output_dir>/model_final.pth."
             )
         model = cls.build_model(cfg)
-        checkpointer = cls.build_checkpointer(cfg, model)
+        # Recorded apart from transfer.json, which tells how a training run in the same
+        # output dir started.
+        checkpointer = cls.build_checkpointer(cfg, model, record_name="inference_weights.json")
         report = checkpointer.load(cfg.train.init_checkpoint)
         fresh = fresh_tensors(report)
         if fresh:
