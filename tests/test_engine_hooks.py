@@ -82,7 +82,7 @@ def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tm
     out = tmp_path / "run"
     cfg = tiny_cfg(output_dir=str(out), **{"train.val_loss_period": 2, "train.max_iter": 2,
                                            "lr_multiplier.steps": [1],
-                                           "dataloader.val_loss.dataset.size": 2})
+                                           "train.val_loss_images": 2})
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -95,7 +95,7 @@ def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tm
     model = FinetuneTrainer.build_model(cfg)
     FinetuneCheckpointer(model).load(str(out / "model_final.pth"))
     model.train()
-    loader = instantiate(cfg.dataloader.val_loss)
+    loader = FinetuneTrainer.build_val_loss_loader(cfg)
     images = sum(len(b) for b in loader)
     assert images == 2
     torch.manual_seed(0)

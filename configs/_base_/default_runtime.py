@@ -23,7 +23,8 @@ train = dict(
     # Keep model_best.pth by this evaluation metric ("max" or "min" is better).
     best_metric=dict(name="cityscapes/AP", mode="max"),
     patience=0,  # stop after this many evaluations without a new best; 0 = never stop early
-    val_loss_period=0,  # iterations between validation-loss passes (dataloader.val_loss); 0 = off
+    val_loss_period=0,  # iterations between validation-loss passes; 0 = off
+    val_loss_images=100,  # the fixed subset of the test set they run on
     # Schedule in epochs instead of max_iter/steps: iterations are counted from the dataset
     # size and the total batch. repeat = passes per epoch (MMDetection's RepeatDataset times).
     epochs=None,

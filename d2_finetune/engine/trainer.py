@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import torch
 from tabulate import tabulate
 
+from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetFromList, MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
@@ -20,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter
 
 from ..checkpoint import FinetuneCheckpointer, fresh_tensors
+from ..data.common import fixed_subset
 from ..data.samplers import ResumableTrainingSampler
 from ..errors import CheckpointError, ConfigError, DatasetError, UserError
 from ..solver import resolve_schedule
@@ -201,6 +203,21 @@ class FinetuneTrainer(DefaultTrainer):
         return instantiate(with_workers(cfg.dataloader.test))
 
     @classmethod
+    def build_val_loss_loader(cls, cfg):
+        """The loader of the validation loss, derived from the config's loaders: the test
+        loader over ``train.val_loss_images`` images spread over the test set, mapped as for
+        training (annotations kept) at test scale, without random augmentation."""
+        loader_cfg = with_workers(cfg.dataloader.test)
+        loader_cfg.dataset = L(fixed_subset)(dataset=loader_cfg.dataset,
+                                            size=cfg.train.get("val_loss_images", 100))
+        mapper = copy.deepcopy(cfg.dataloader.train.mapper)
+        mapper.is_train = True
+        mapper.augmentations = copy.deepcopy(cfg.dataloader.test.mapper.augmentations)
+        loader_cfg.mapper = mapper
+        loader_cfg.batch_size = 2
+        return instantiate(loader_cfg)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name=None, output_folder=None):
         evaluator = instantiate(cfg.dataloader.evaluator)
         if isinstance(evaluator, (list, tuple)):
@@ -247,8 +264,7 @@ class FinetuneTrainer(DefaultTrainer):
                                         patience=cfg.train.get("patience", 0)))
         val_period = cfg.train.get("val_loss_period", 0)
         if val_period:
-            loader = instantiate(with_workers(cfg.dataloader.val_loss))
-            ret.append(ValidationLoss(val_period, self.model, loader))
+            ret.append(ValidationLoss(val_period, self.model, self.build_val_loss_loader(cfg)))
         if comm.is_main_process():
             writers = self.build_writers()
             json_writers = [w for w in writers if isinstance(w, JSONWriter)]

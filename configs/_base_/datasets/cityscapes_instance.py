@@ -8,7 +8,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 
-from d2_finetune.data import fixed_subset, register_cityscapes
+from d2_finetune.data import register_cityscapes
 from d2_finetune.data.mapper import DatasetMapper
 from d2_finetune.evaluation import CityscapesCOCOEvaluator
 
@@ -59,22 +59,4 @@ dataloader.evaluator = L(CityscapesCOCOEvaluator)(
     dataset_name="${..test.dataset.names}",
     output_dir="${...train.output_dir}/inference",
     evaluator="fast",
-)
-
-# Validation loss (train.val_loss_period > 0): the training losses, without gradients, on a
-# fixed subset of the val images at test scale.
-dataloader.val_loss = L(build_detection_test_loader)(
-    dataset=L(fixed_subset)(
-        dataset=L(get_detection_dataset_dicts)(names="${....test.dataset.names}"),
-        size=100,
-    ),
-    mapper=L(DatasetMapper)(
-        is_train=True,
-        augmentations="${...test.mapper.augmentations}",
-        image_format="${...train.mapper.image_format}",
-        use_instance_mask=True,
-        instance_mask_format="${...train.mapper.instance_mask_format}",
-    ),
-    batch_size=2,
-    num_workers="${..test.num_workers}",
 )

@@ -9,7 +9,7 @@ from detectron2.data import (
 )
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
-from d2_finetune.data import fixed_subset, register_voc
+from d2_finetune.data import register_voc
 from d2_finetune.data.mapper import DatasetMapper
 from d2_finetune.evaluation import PrefixedEvaluator
 
@@ -67,20 +67,3 @@ dataloader.evaluator = [
         ),
     ),
 ]
-
-# Validation loss (train.val_loss_period > 0): the training losses, without gradients, on a
-# fixed subset of the test images at test scale.
-dataloader.val_loss = L(build_detection_test_loader)(
-    dataset=L(fixed_subset)(
-        dataset=L(get_detection_dataset_dicts)(names="${....test.dataset.names}"),
-        size=100,
-    ),
-    mapper=L(DatasetMapper)(
-        is_train=True,
-        augmentations="${...test.mapper.augmentations}",
-        image_format="${...train.mapper.image_format}",
-        use_instance_mask=False,
-    ),
-    batch_size=2,
-    num_workers="${..test.num_workers}",
-)
