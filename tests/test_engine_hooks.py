@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
 from d2_finetune.checkpoint import FinetuneCheckpointer

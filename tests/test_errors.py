@@ -2,7 +2,6 @@
 value at fault and the fix, no traceback, and nothing left behind in the output dir.
 Every case here is listed in docs/errors.md."""
 import importlib.util
-import json
 import os
 import shutil
 

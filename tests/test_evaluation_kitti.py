@@ -1,7 +1,6 @@
 """KITTI AP|R40: hand-computable cases, agreement with a line-by-line transcription of the
 devkit's evaluate_object.cpp, and the detectron2 evaluator."""
 import math
-import os
 
 import numpy as np
 import pytest

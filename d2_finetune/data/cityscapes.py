@@ -24,6 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
+from .common import registered_as
 from . import cache as records_cache
 
 __all__ = [
@@ -440,13 +441,9 @@ def register_cityscapes(root=None, source="polygons", cache=True, cache_dir=None
         name = DATASET_NAME.format(split)
         image_dir, gt_dir = cityscapes_split_dirs(root, split)
         settings = {"source": source, "cache": bool(cache), "cache_dir": cache_dir}
-        if name in DatasetCatalog.list():
-            meta = MetadataCatalog.get(name)
-            if meta.get("image_dir") == image_dir and meta.get("loader_settings") == settings:
-                names.append(name)
-                continue
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+        if registered_as(name, image_dir=image_dir, loader_settings=settings):
+            names.append(name)
+            continue
         DatasetCatalog.register(
             name,
             lambda i=image_dir, g=gt_dir: load_cityscapes_instances(

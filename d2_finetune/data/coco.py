@@ -20,6 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
+from .common import registered_as
 
 __all__ = [
     "register_coco_dataset",
@@ -234,13 +235,10 @@ def register_coco_dataset(name, json_file, image_root):
         list[str]: ``[name]``.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    if name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if (meta.get("json_file") == json_file and meta.get("image_root") == image_root
-                and os.path.isfile(json_file) and meta.get("json_stamp") == _stamp(json_file)):
-            return [name]
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    if os.path.isfile(json_file) and registered_as(
+        name, json_file=json_file, image_root=image_root, json_stamp=_stamp(json_file)
+    ):
+        return [name]
     if not os.path.isdir(image_root):
         raise DatasetError(
             f"Dataset '{name}': image folder not found: {image_root} (the folder that the "

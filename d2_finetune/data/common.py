@@ -1,6 +1,21 @@
-"""Helpers on lists of dataset dicts, usable from configs."""
+"""Helpers for dataset registration and for lists of dataset dicts."""
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
-__all__ = ["fixed_subset"]
+__all__ = ["fixed_subset", "registered_as"]
+
+
+def registered_as(name, **identity):
+    """True if ``name`` is registered with metadata equal to ``identity``, so registering it
+    again would change nothing. A registration of ``name`` that differs is removed, so that
+    the caller registers it anew."""
+    if name not in DatasetCatalog.list():
+        return False
+    metadata = MetadataCatalog.get(name)
+    if all(metadata.get(key) == value for key, value in identity.items()):
+        return True
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    return False
 
 
 def fixed_subset(dataset, size):

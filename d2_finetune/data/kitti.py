@@ -26,6 +26,7 @@ from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
 from .cityscapes import dataset_root
+from .common import registered_as
 
 __all__ = [
     "KITTI_CLASSES",
@@ -238,12 +239,8 @@ def register_kitti(root=None, val_fraction=0.2, seed=0, split_dir=None):
     for split in SPLITS:
         name = DATASET_NAME.format(split)
         names.append(name)
-        if name in DatasetCatalog.list():
-            meta = MetadataCatalog.get(name)
-            if meta.get("label_dir") == label_dir and meta.get("split_options") == split_options:
-                continue
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+        if registered_as(name, label_dir=label_dir, split_options=split_options):
+            continue
         DatasetCatalog.register(
             name, functools.partial(load_kitti, image_dir, label_dir, split, **split_options)
         )

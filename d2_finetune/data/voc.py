@@ -14,6 +14,7 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES, load_voc_instances
 
 from ..errors import DatasetError
 from .cityscapes import dataset_root
+from .common import registered_as
 
 __all__ = ["VOC_CLASSES", "VOC_SPLITS", "register_voc", "load_voc"]
 
@@ -107,11 +108,8 @@ def register_voc(root=None, names=None):
     for name in names:
         year, split = VOC_SPLITS[name]
         dirname = os.path.join(base, f"VOC{year}")
-        if name in DatasetCatalog.list():
-            if MetadataCatalog.get(name).get("dirname") == dirname:
-                continue
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+        if registered_as(name, dirname=dirname):
+            continue
         DatasetCatalog.register(name, functools.partial(load_voc, dirname, split))
         MetadataCatalog.get(name).set(
             thing_classes=list(VOC_CLASSES),

@@ -1,6 +1,5 @@
 """Command-line plumbing shared by the scripts: arguments, config setup, error reporting."""
 import contextlib
-import logging
 import sys
 
 import torch
