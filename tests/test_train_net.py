@@ -196,3 +196,30 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
     assert final["iteration"] == 7
     for key, value in expected["model"].items():
         assert torch.equal(final["model"][key], value), key
+
+
+def snapshot(folder):
+    return {os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs}
+
+
+def test_eval_only_and_predict_write_only_inside_their_output_dirs(trained, tmp_path):
+    """Run from an empty working directory with a private TMPDIR: afterwards both hold only
+    what they held before (the output folders live elsewhere)."""
+    out, overrides, _ = trained
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    evaluation, pictures = tmp_path / "eval_out", tmp_path / "pred_out"
+    weights = f"train.init_checkpoint={out}/model_final.pth"
+    before = snapshot(cwd) | snapshot(tmp)
+    subprocess.run([sys.executable, TRAIN_NET, "--config-file", DEMO_CONFIG, "--eval-only", *overrides,
+                    weights, f"train.output_dir={evaluation}"], cwd=cwd, env=env, check=True,
+                   capture_output=True, timeout=600)
+    images = os.path.join(overrides[0].split("=", 1)[1], "cityscapes", "leftImg8bit", "val")
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "predict.py"), "--config-file",
+                    DEMO_CONFIG, "--input", images, "--output", str(pictures), *overrides, weights],
+                   cwd=cwd, env=env, check=True, capture_output=True, timeout=600)
+    assert snapshot(cwd) | snapshot(tmp) == before
+    assert (evaluation / "inference" / "cityscapes_instance_results.json").is_file()
+    assert len(list(pictures.rglob("*.json"))) == 3
