@@ -111,3 +111,14 @@ def test_an_image_whose_size_differs_from_its_annotation(cityscapes_dicts):
     mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR")
     with pytest.raises(DatasetError, match=r"Cannot use image .*Mismatched image shape"):
         mapper(d)
+
+
+def test_a_mask_whose_runs_do_not_fit_its_image_names_the_file(cityscapes_dicts):
+    d = copy.deepcopy(cityscapes_dicts[0])
+    segm = next(a["segmentation"] for a in d["annotations"] if not a["iscrowd"])
+    segm["size"] = [segm["size"][0], segm["size"][1] + 1]
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR",
+                           use_instance_mask=True, instance_mask_format="cropped")
+    with pytest.raises(DatasetError, match=rf"Cannot use the masks of {d['file_name']}: its RLE runs "
+                                           r"cover \d+ pixels, not the \d+x\d+ of its size"):
+        mapper(d)

@@ -5,7 +5,8 @@
 * ``instance_mask_format="cropped"`` keeps each instance mask as the crop of its box
   (:class:`~d2_finetune.structures.CroppedMasks`): the resize and flip act on the crop only, with
   the pixels detectron2's ``"bitmask"`` path gives, so the loader neither builds nor ships
-  full-image bitmaps and the mask loss crops on the GPU.
+  full-image bitmaps and the mask loss crops on the GPU. RLE masks are decoded over the
+  object's columns only (:func:`~d2_finetune.data.rle.decode_crop`, pycocotools' pixels).
 * An unreadable or corrupt image, or one whose size differs from its annotation, raises a
   :class:`DatasetError` naming the file.
 """
@@ -25,6 +26,7 @@ from detectron2.data.detection_utils import SizeMismatchError
 
 from ..errors import DatasetError
 from ..structures import CroppedMasks
+from .rle import decode_crop
 
 __all__ = ["DatasetMapper", "read_image", "transform_masks_cropped"]
 
@@ -84,21 +86,23 @@ def transform_masks_cropped(segmentations, transforms, source_size, image_size):
             polygons = transforms.apply_polygons([np.asarray(p).reshape(-1, 2) for p in segm])
             full = utils.polygons_to_bitmask([p.reshape(-1) for p in polygons], *image_size)
             crop, x0, y0 = _object_crop(full)
-        else:
+        elif not simple:
             mask = mask_util.decode(segm) if isinstance(segm, dict) else np.asarray(segm, np.uint8)
-            if not simple:
-                crop, x0, y0 = _object_crop(transforms.apply_segmentation(mask))
+            crop, x0, y0 = _object_crop(transforms.apply_segmentation(mask))
+        else:
+            if isinstance(segm, dict):  # RLE: only the object's columns are expanded
+                crop, x0, y0 = decode_crop(segm)
             else:
-                crop, x0, y0 = _object_crop(mask)
-                w = width
-                for t in transforms.transforms:
-                    if isinstance(t, T.ResizeTransform):
-                        crop, x0, y0 = _resize_crop(crop, x0, y0, t)
-                        w = t.new_w
-                    elif isinstance(t, T.HFlipTransform):
-                        crop, x0 = crop[:, ::-1], w - (x0 + crop.shape[1])
-                crop, dx, dy = _object_crop(crop)
-                x0, y0 = x0 + dx, y0 + dy
+                crop, x0, y0 = _object_crop(np.asarray(segm, np.uint8))
+            w = width
+            for t in transforms.transforms:
+                if isinstance(t, T.ResizeTransform):
+                    crop, x0, y0 = _resize_crop(crop, x0, y0, t)
+                    w = t.new_w
+                elif isinstance(t, T.HFlipTransform):
+                    crop, x0 = crop[:, ::-1], w - (x0 + crop.shape[1])
+            crop, dx, dy = _object_crop(crop)
+            x0, y0 = x0 + dx, y0 + dy
         # Grow the crop by one zero pixel inside the image (see CroppedMasks).
         h, w = crop.shape
         left, top = min(x0, 1), min(y0, 1)
@@ -168,7 +172,10 @@ class DatasetMapper(_DatasetMapper):
             for a in annos
         ]
         instances = utils.annotations_to_instances(annos, image_shape)
-        instances.gt_masks = transform_masks_cropped(segms, transforms, source_size, image_shape)
+        try:
+            instances.gt_masks = transform_masks_cropped(segms, transforms, source_size, image_shape)
+        except ValueError as e:
+            raise DatasetError(f"Cannot use the masks of {dataset_dict['file_name']}: {e}") from e
         if self.recompute_boxes:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
