@@ -38,7 +38,7 @@ dataloader.train = L(build_detection_train_loader)(
         use_instance_mask=False,  # KITTI 2D detection has boxes only
     ),
     total_batch_size=8,
-    num_workers="auto",  # CPU cores per GPU process - 1, at most 16
+    num_workers="auto",  # from the CPU cores per GPU process (see default_num_workers)
 )
 
 dataloader.test = L(build_detection_test_loader)(
