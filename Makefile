@@ -21,5 +21,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VPY) scripts/demo.py --output-dir output/demo
 
+# The GPU benchmarks' CPU smoke runs: tiny images and model, both pipelines, a few iterations.
+bench-smoke: $(STAMP)
+	$(VPY) bench/train_throughput.py --smoke
+	$(VPY) bench/eval_inference.py --smoke
+
 clean:
 	rm -rf output build *.egg-info

@@ -126,6 +126,8 @@ def main():
           f"{speed[f'ours, batch {args.batch}, fp32'] / speed['ours, batch 1, fp32']:.2f}x")
     print(f"ratio ours batch {args.batch} AMP / stock batch 1 fp32: "
           f"{speed[f'ours, batch {args.batch}, AMP'] / speed['stock test loader, batch 1, fp32']:.2f}x")
+    if args.smoke:
+        print("(--smoke checks that both paths run on a CPU with tiny sizes: these are not benchmark figures)")
 
 
 if __name__ == "__main__":

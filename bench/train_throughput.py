@@ -300,6 +300,8 @@ def main():
                 print(f"ratio {name} / stock: {r['images_per_s'] / by['stock']['images_per_s']:.2f}x")
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    if args.smoke:
+        print("(--smoke checks that both paths run on a CPU with tiny sizes: these are not benchmark figures)")
 
 
 if __name__ == "__main__":
