@@ -134,6 +134,8 @@ def run_predict(args, register):
     paths = list_images(args.input)
     cfg = resolve_device(load_config(args.config_file, args.opts))
     register(cfg)
+    # The record of the weights loaded (inference_weights.json) goes beside the predictions.
+    cfg.train.output_dir = args.output
     model = FinetuneTrainer.load_for_inference(cfg)
     dataset = cfg.dataloader.test.dataset.names
     dataset = dataset if isinstance(dataset, str) else dataset[0]

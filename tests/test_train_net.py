@@ -212,7 +212,7 @@ def test_eval_only_and_predict_write_only_inside_their_output_dirs(trained, tmp_
     env = dict(os.environ, TMPDIR=str(tmp))
     evaluation, pictures = tmp_path / "eval_out", tmp_path / "pred_out"
     weights = f"train.init_checkpoint={out}/model_final.pth"
-    before = snapshot(cwd) | snapshot(tmp)
+    before = snapshot(cwd) | snapshot(tmp) | snapshot(out)
     subprocess.run([sys.executable, TRAIN_NET, "--config-file", DEMO_CONFIG, "--eval-only", *overrides,
                     weights, f"train.output_dir={evaluation}"], cwd=cwd, env=env, check=True,
                    capture_output=True, timeout=600)
@@ -220,6 +220,8 @@ def test_eval_only_and_predict_write_only_inside_their_output_dirs(trained, tmp_
     subprocess.run([sys.executable, os.path.join(REPO, "scripts", "predict.py"), "--config-file",
                     DEMO_CONFIG, "--input", images, "--output", str(pictures), *overrides, weights],
                    cwd=cwd, env=env, check=True, capture_output=True, timeout=600)
-    assert snapshot(cwd) | snapshot(tmp) == before
+    assert snapshot(cwd) | snapshot(tmp) | snapshot(out) == before
     assert (evaluation / "inference" / "cityscapes_instance_results.json").is_file()
-    assert len(list(pictures.rglob("*.json"))) == 3
+    assert (evaluation / "inference_weights.json").is_file()
+    assert (pictures / "inference_weights.json").is_file()
+    assert len(list(pictures.rglob("*.json"))) == 4
