@@ -476,8 +476,9 @@ def fresh_tensors(report):
 _PARTIAL_SUFFIX = ".tmp"
 
 
-def _atomic_write(path, write):
-    """Write ``path`` through ``write(file)`` into ``path.tmp``, flush it to disk, then rename."""
+def atomic_write(path, write):
+    """Write ``path`` through ``write(file)`` (a binary file) into ``path.tmp``, flush it to
+    disk, then rename: a crash leaves the earlier ``path`` or the new one, never half of it."""
     partial = path + _PARTIAL_SUFFIX
     with open(partial, "wb") as f:
         write(f)
@@ -548,12 +549,12 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         if tag_last:
             self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                       lambda f: f.write(last_filename_basename.encode()))
 
     def remove_partial_files(self):
@@ -880,8 +881,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         name = "transfer_resume.json" if report["resumed"] else self.record_name
         self.path_manager.mkdirs(self.save_dir)
         path = os.path.join(self.save_dir, name)
-        with self.path_manager.open(path, "w") as f:
-            json.dump(report, f, indent=1)
+        atomic_write(path, lambda f: f.write(json.dumps(report, indent=1).encode()))
         logger.info(f"Transfer record written to {path}")
 
 

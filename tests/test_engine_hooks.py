@@ -164,3 +164,63 @@ def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
         with Image.open(out / "plots" / name) as im:
             im.verify()
         assert os.path.getsize(out / "plots" / name) > 5000
+
+
+def train_run(tiny_cfg, out, resume=False, **overrides):
+    cfg = tiny_cfg(output_dir=str(out), **{"train.eval_period": 1, "train.checkpointer.period": 1,
+                                           **overrides})
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+
+
+def best_record(out):
+    with open(out / "model_best.json") as f:
+        return json.load(f)
+
+
+def test_the_best_survives_resume(tiny_cfg, tmp_path, scripted_metric):
+    out = tmp_path / "run"
+    scripted_metric += [30.0, 10.0]
+    train_run(tiny_cfg, out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    scripted_metric += [20.0, 25.0]
+    train_run(tiny_cfg, out, resume=True, **{"train.max_iter": 4, "lr_multiplier.steps": [3]})
+    assert scripted_metric == []
+    assert state(out / "model_best.pth")["best_metric"] == {"cityscapes/AP": 30.0}
+    assert best_record(out) == {"metric": "cityscapes/AP", "value": 30.0, "iteration": 0,
+                                "evals_without_improvement": 3}
+
+
+def test_a_new_run_in_the_same_folder_keeps_its_own_best(tiny_cfg, tmp_path, scripted_metric):
+    out = tmp_path / "run"
+    scripted_metric += [30.0, 10.0]
+    train_run(tiny_cfg, out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    scripted_metric += [5.0, 1.0]
+    train_run(tiny_cfg, out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    assert state(out / "model_best.pth")["best_metric"] == {"cityscapes/AP": 5.0}
+    assert best_record(out)["value"] == 5.0
+
+
+def test_an_unreadable_best_record_stops_resume_and_names_it(tiny_cfg, tmp_path, scripted_metric):
+    from d2_finetune.errors import CheckpointError
+
+    out = tmp_path / "run"
+    scripted_metric += [30.0, 10.0]
+    train_run(tiny_cfg, out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
+    (out / "model_best.json").write_text('{"metric": "cityscapes/AP", "val')
+    with pytest.raises(CheckpointError, match=rf"Cannot read the best-checkpoint record "
+                                              rf"{out}/model_best.json \(JSONDecodeError: .*\)\. "
+                                              r"Restore it, or delete it together with model_best.pth"):
+        train_run(tiny_cfg, out, resume=True, **{"train.max_iter": 4, "lr_multiplier.steps": [3]})
+
+
+def test_early_stopping_without_any_valid_value(tiny_cfg, tmp_path, scripted_metric, caplog):
+    scripted_metric += [float("nan"), float("nan"), 1.0]
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="d2_finetune"):
+        train_run(tiny_cfg, out, **{"train.patience": 2})
+    assert "has not improved for 2 evaluations (patience 2); no valid value yet." in caplog.text
+    assert scripted_metric == [1.0]
+    assert not (out / "model_best.pth").exists()
+    assert best_record(out)["value"] is None
+    assert state(out / "model_final.pth")["iteration"] == 1

@@ -11,6 +11,9 @@ from detectron2.engine import hooks
 from detectron2.engine.hooks import HookBase
 from detectron2.utils import comm
 
+from ..checkpoint import atomic_write
+from ..errors import CheckpointError
+
 __all__ = ["BestCheckpointer", "ValidationLoss", "PlotWriter"]
 
 logger = logging.getLogger(__name__)
@@ -35,12 +38,30 @@ class BestCheckpointer(hooks.BestCheckpointer):
         self._record = os.path.join(checkpointer.save_dir, file_prefix + ".json")
 
     def before_train(self):
-        if os.path.isfile(self._record):
+        # A resumed run continues the record; a run from iteration 0 starts a new one.
+        if self.trainer.start_iter == 0 or not os.path.isfile(self._record):
+            return
+        try:
             with open(self._record) as f:
                 state = json.load(f)
-            if state.get("metric") == self._val_metric:
-                self.best_metric, self.best_iter = state["value"], state["iteration"]
-                self.evals_without_improvement = state.get("evals_without_improvement", 0)
+            if state.get("metric") != self._val_metric:
+                return
+            value, iteration = state["value"], state["iteration"]
+            best = (None if value is None else float(value),
+                    None if iteration is None else int(iteration),
+                    int(state.get("evals_without_improvement", 0)))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise CheckpointError(
+                f"Cannot read the best-checkpoint record {self._record} ({type(e).__name__}: "
+                f"{e}). Restore it, or delete it together with {self._file_prefix}.pth to "
+                "choose the best checkpoint anew from the next evaluation."
+            ) from e
+        self.best_metric, self.best_iter, self.evals_without_improvement = best
+
+    def _best_so_far(self):
+        if self.best_metric is None:
+            return "no valid value yet"
+        return f"the best {self.best_metric:.4f} at iteration {self.best_iter}"
 
     def _best_checking(self):
         latest = self.trainer.storage.latest().get(self._val_metric)
@@ -71,21 +92,20 @@ class BestCheckpointer(hooks.BestCheckpointer):
         else:
             self.evals_without_improvement += 1
             self._logger.info(
-                f"{self._val_metric} = {value:.4f}, not better than the best {self.best_metric:.4f} "
-                f"at iteration {self.best_iter} ({self.evals_without_improvement} evaluation(s) "
-                "without improvement)"
+                f"{self._val_metric} = {value:.4f}, not better than {self._best_so_far()} "
+                f"({self.evals_without_improvement} evaluation(s) without improvement)"
             )
         if comm.is_main_process():
-            with open(self._record, "w") as f:
-                json.dump({"metric": self._val_metric, "value": self.best_metric,
-                           "iteration": self.best_iter,
-                           "evals_without_improvement": self.evals_without_improvement}, f)
+            record = {"metric": self._val_metric, "value": self.best_metric,
+                      "iteration": self.best_iter,
+                      "evals_without_improvement": self.evals_without_improvement}
+            atomic_write(self._record, lambda f: f.write(json.dumps(record).encode()))
         if self.patience and self.evals_without_improvement >= self.patience:
             self.trainer.request_stop(
                 f"Early stopping at iteration {self.trainer.iter}: {self._val_metric} has not "
                 f"improved for {self.evals_without_improvement} evaluations (patience "
-                f"{self.patience}); best {self.best_metric:.4f} at iteration {self.best_iter}, "
-                f"kept in {self._file_prefix}.pth."
+                f"{self.patience}); {self._best_so_far()}"
+                + ("." if self.best_metric is None else f", kept in {self._file_prefix}.pth.")
             )
 
 

@@ -18,7 +18,7 @@ from detectron2.engine.defaults import create_ddp_model, default_writers
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter
 
 from ..checkpoint import FinetuneCheckpointer, fresh_tensors
 from ..data.common import fixed_subset
@@ -275,7 +275,8 @@ class FinetuneTrainer(DefaultTrainer):
         return ret
 
     def build_writers(self):
-        return default_writers(self.cfg.train.output_dir, self.max_iter)
+        return [MetricPrinter(self.max_iter) if type(w) is CommonMetricPrinter else w
+                for w in default_writers(self.cfg.train.output_dir, self.max_iter)]
 
     def resume_or_load(self, resume=True):
         """Resume from ``last_checkpoint`` in the output dir if ``resume`` and one exists;
@@ -415,6 +416,17 @@ class FinetuneTrainer(DefaultTrainer):
     def evaluate_checkpoint(cls, cfg):
         """``--eval-only``: evaluate the weights in ``train.init_checkpoint`` as they are."""
         return cls.test(cfg, cls.load_for_inference(cfg))
+
+
+class MetricPrinter(CommonMetricPrinter):
+    """detectron2's console printer. Training stopped early writes twice at one iteration;
+    before IterationTimer has timed 3 iterations, detectron2's own ETA estimate then divides
+    by the zero iterations between the two writes."""
+
+    def _get_eta(self, storage):
+        if self._last_write is not None and self._last_write[0] == storage.iter:
+            return None
+        return super()._get_eta(storage)
 
 
 def default_num_workers():
