@@ -2,7 +2,8 @@
 """Fine-tune (or evaluate) a detector from a LazyConfig.
 
     python scripts/train_net.py --config-file configs/cityscapes_ft.py [--num-gpus N] \
-        [--resume] [--eval-only] [key=value ...]
+        [--num-machines M --machine-rank R --dist-url URL] [--resume] [--eval-only] \
+        [key=value ...]
 """
 from detectron2.engine import launch
 

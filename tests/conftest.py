@@ -130,3 +130,59 @@ def perfect_outputs(record, with_masks=False):
         instances.pred_masks = (torch.from_numpy(np.stack(masks)) if masks
                                 else torch.zeros(shape, dtype=torch.bool))
     return [{"instances": instances}]
+
+
+def assert_transfers_from_coco(cfg, folder):
+    """Load a COCO checkpoint of ``cfg``'s architecture (80 classes, seeded random values, in
+    Detectron2's model-zoo ``.pkl`` format) the way training starts, with the config's own
+    transfer settings, and check that every target class got the class-dependent rows of the
+    COCO class it was mapped to. Returns that map (target class -> COCO class or None)."""
+    import copy
+    import json
+    import pickle
+
+    import torch
+
+    from detectron2.config import instantiate
+    from detectron2.data import MetadataCatalog
+
+    from d2_finetune.checkpoint import coco_thing_classes
+    from d2_finetune.engine import FinetuneTrainer
+
+    source_cfg = copy.deepcopy(cfg)
+    source_cfg.model.roi_heads.num_classes = 80
+    generator = torch.Generator().manual_seed(0)
+    source = {k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+              for k, v in instantiate(source_cfg.model).state_dict().items()}
+    path = os.path.join(str(folder), "coco_model.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in source.items()}, "__author__": "test"}, f)
+
+    cfg.train.init_checkpoint = path
+    trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with open(os.path.join(cfg.train.output_dir, "transfer.json")) as f:
+        class_map = json.load(f)["class_map"]
+    state = trainer.model.state_dict()
+    targets = MetadataCatalog.get(cfg.dataloader.train.dataset.names[0]
+                                  if not isinstance(cfg.dataloader.train.dataset.names, str)
+                                  else cfg.dataloader.train.dataset.names).thing_classes
+    assert list(class_map) == list(targets)
+    coco = coco_thing_classes()
+    cls, box = "roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred."
+    mask = "roi_heads.mask_head.predictor."
+    for i, name in enumerate(targets):
+        if class_map[name] is None:
+            continue
+        j = coco.index(class_map[name])
+        for suffix in ("weight", "bias"):
+            assert torch.equal(state[cls + suffix][i], source[cls + suffix][j]), name
+            assert torch.equal(state[box + suffix][4 * i : 4 * i + 4],
+                               source[box + suffix][4 * j : 4 * j + 4]), name
+            if mask + suffix in state:
+                assert torch.equal(state[mask + suffix][i], source[mask + suffix][j]), name
+    for suffix in ("weight", "bias"):  # the background row
+        assert torch.equal(state[cls + suffix][-1], source[cls + suffix][-1])
+    backbone = "backbone.bottom_up.stem.conv1.weight"
+    assert torch.equal(state[backbone], source[backbone])
+    return class_map

@@ -19,7 +19,8 @@ from d2_finetune.engine import FinetuneTrainer, resolve_device
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
-from conftest import REPO, perfect_outputs, tiny_detector, tiny_overrides
+from conftest import (REPO, assert_transfers_from_coco, perfect_outputs, tiny_detector,
+                      tiny_overrides)
 
 CONFIG = os.path.join(REPO, "configs", "coco_custom_ft.py")
 # A user's dataset: four classes with non-contiguous ids that are not sorted in the json.
@@ -265,3 +266,9 @@ def test_a_few_training_iterations_with_the_class_count_from_the_json(coco_root,
     assert set(results) == {"coco/bbox", "coco/segm"}
     with open(os.path.join(out, "config.yaml")) as f:
         assert "num_classes: 4" in f.read()
+
+
+def test_a_coco_checkpoint_transfers_by_class_name_out_of_the_box(coco_root, tmp_path):
+    cfg = tiny_detector(config(coco_root, str(tmp_path / "run")))
+    class_map = assert_transfers_from_coco(cfg, tmp_path)
+    assert class_map == {name: name for name in BY_ID}

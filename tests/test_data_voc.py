@@ -19,7 +19,8 @@ from d2_finetune.engine import FinetuneTrainer, resolve_device
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
-from conftest import REPO, perfect_outputs, tiny_detector, tiny_overrides
+from conftest import (REPO, assert_transfers_from_coco, perfect_outputs, tiny_detector,
+                      tiny_overrides)
 
 # detectron2's VOC evaluator divides by zero for classes absent from the tiny test set.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
@@ -159,3 +160,13 @@ def test_a_few_training_iterations_of_the_faster_rcnn(voc_root, tmp_path):
     assert "loss_mask" not in rows[0]
     assert set(results) == {"voc/bbox", "coco/bbox"}
     assert 0 <= results["voc/bbox"]["AP50"] <= 100
+
+
+def test_a_coco_checkpoint_transfers_by_class_name_and_synonym(voc_root, tmp_path):
+    cfg = tiny_detector(config(voc_root, str(tmp_path / "run")))
+    class_map = assert_transfers_from_coco(cfg, tmp_path)
+    assert None not in class_map.values()
+    assert {k: class_map[k] for k in ("aeroplane", "motorbike", "sofa", "tvmonitor", "diningtable",
+                                      "pottedplant", "person")} == {
+        "aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "tvmonitor": "tv",
+        "diningtable": "dining table", "pottedplant": "potted plant", "person": "person"}
