@@ -54,11 +54,11 @@ AGNOSTIC = ["model.roi_heads.box_predictor.cls_agnostic_bbox_reg=True",
             "model.roi_heads.mask_head.num_classes=1"]
 
 
-def build(*overrides, seed=None):
+def build(*overrides, seed=None, config=DEMO_CONFIG):
     """The demo architecture (8 Cityscapes classes unless overridden); ``seed`` fills every
     tensor with seeded random values."""
     torch.manual_seed(0)
-    model = instantiate(load_config(DEMO_CONFIG, list(overrides)).model)
+    model = instantiate(load_config(config, list(overrides)).model)
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -314,6 +314,30 @@ def test_resnet101_checkpoint_is_refused(tmp_path):
     assert "missing from the checkpoint" not in text
     assert "another architecture" in text and "train.strict_transfer=False" in text
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_recipe_r50_fpn_transplants_from_a_coco_r50_fpn_and_refuses_r101(tmp_path):
+    """configs/cityscapes_ft.py's own model, at full size."""
+    recipe = os.path.join(REPO, "configs", "cityscapes_ft.py")
+    source = snapshot(build("model.roi_heads.num_classes=80", seed=2, config=recipe))
+    model = build(config=recipe)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 9
+    before = snapshot(model)
+    report = FinetuneCheckpointer(model, target_classes=CITY).load(
+        save_pkl(tmp_path / "model_final_f10217.pkl", source))
+    assert report["class_map"] == {c: EXPECTED.get(c) for c in CITY}
+    assert_class_independent_loaded(model, source)
+    assert_transplanted(model, before, source, EXPECTED)
+    del source
+    r101 = build("model.backbone.bottom_up.stages.depth=101", "model.roi_heads.num_classes=80",
+                 config=recipe).state_dict()
+    save_pkl(tmp_path / "r101.pkl", r101)
+    loaded = snapshot(model)
+    with pytest.raises(CheckpointError, match=r"does not fit the model outside its "
+                                              r"class-dependent layers: .*not in the model \(\d+\): "
+                                              r"backbone\.bottom_up\.res4\.6\."):
+        FinetuneCheckpointer(model, target_classes=CITY).load(str(tmp_path / "r101.pkl"))
+    assert all(torch.equal(v, loaded[k]) for k, v in model.state_dict().items())
 
 
 def _evil(kind, marker, weight):
