@@ -3,7 +3,7 @@
 
 The offline analogue of the Mask R-CNN paper's COCO -> Cityscapes experiment, on the demo's
 synthetic data at half the demo's resolution (256x128 images): about 700 training iterations
-of ~0.35 s and a dozen evaluations, about eight minutes on a two-core CPU:
+of ~0.35 s and a dozen evaluations, about five minutes on a two-core CPU:
 
 1. the demo's data: a Cityscapes-layout dataset and a COCO-format one with COCO's 80 classes;
 2. the demo's stand-in COCO checkpoint: a calibrated random init of the demo architecture with

@@ -32,8 +32,6 @@ dataloader.evaluator = L(COCOEvaluator)(
 # Trained from scratch: a random init whose FrozenBN statistics were calibrated (scripts/demo.py).
 train.init_checkpoint = "output/demo/coco_standin/init.pth"
 train.output_dir = "output/demo/coco_standin"
-# From a random init rather than fine-tuning: twice the fine-tuning LR.
-optimizer.lr = 0.005
 train.max_iter = 300
 lr_multiplier.steps = [250]
 train.eval_period = 300
