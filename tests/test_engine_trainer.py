@@ -178,3 +178,65 @@ def test_num_classes_none_is_read_from_the_training_datasets(monkeypatch):
     cfg = _cfg(5, "test_ncls_a")
     assert resolve_num_classes(cfg) == 5
     assert warnings == ["model.roi_heads.num_classes=5 but the training data (test_ncls_a) has 3 classes."]
+
+
+def _losses_and_grads(model, batch):
+    from detectron2.utils.events import EventStorage
+
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(1)  # the proposal and anchor samplers draw random numbers
+    with EventStorage(0):
+        losses = model(batch)
+    sum(losses.values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.item() for k, v in losses.items()}, grads
+
+
+def test_channels_last_gives_the_same_losses_and_gradients(tiny_cfg):
+    cfg = tiny_cfg(**{"train.channels_last": False})
+    plain = FinetuneTrainer.load_for_inference(cfg)  # the calibrated init, in both layouts
+    nhwc = FinetuneTrainer.load_for_inference(tiny_cfg(**{"train.channels_last": True}))
+    convs = [p for n, p in nhwc.named_parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                   for p in plain.parameters())
+    batch = next(iter(FinetuneTrainer.build_train_loader(cfg)))
+    losses, grads = _losses_and_grads(plain, batch)
+    nhwc_losses, nhwc_grads = _losses_and_grads(nhwc, batch)
+    assert losses.keys() == nhwc_losses.keys() and len(losses) == 5
+    for name, value in losses.items():
+        assert nhwc_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    # Float32 sums in another order: the gradients agree as a whole and layer by layer.
+    assert grads.keys() == nhwc_grads.keys()
+    flat = torch.cat([g.flatten() for g in grads.values()])
+    nhwc_flat = torch.cat([nhwc_grads[n].flatten() for n in grads])
+    assert torch.nn.functional.cosine_similarity(flat, nhwc_flat, dim=0) > 0.9999
+    for name, grad in grads.items():
+        diff = (nhwc_grads[name] - grad).norm() / (grad.norm() + 1e-12)
+        assert diff < 1e-2, name
+
+
+def test_images_to_device_moves_the_images_only():
+    from d2_finetune.engine.trainer import ImagesToDevice
+
+    image = torch.zeros(3, 4, 5, dtype=torch.uint8)
+    other = torch.ones(2)
+    sample = {"image": image, "instances": other, "file_name": "a.png"}
+    batches = [[sample, {"file_name": "no image"}]]
+    (moved,) = list(ImagesToDevice(batches, torch.device("meta")))
+    assert moved[0]["image"].device.type == "meta"
+    assert moved[0]["image"].shape == image.shape and moved[0]["image"].dtype == torch.uint8
+    assert moved[0]["instances"] is other and moved[0]["file_name"] == "a.png"
+    assert moved[1] == {"file_name": "no image"}
+    assert sample["image"] is image  # the loader's own sample is left as it was
+
+
+def test_training_batches_are_neither_pinned_nor_moved_on_a_cpu(tiny_cfg):
+    from detectron2.data.common import AspectRatioGroupedDataset
+
+    cfg = tiny_cfg(**{"dataloader.train.num_workers": 1})
+    assert cfg.dataloader.train.pin_memory is True
+    loader = FinetuneTrainer.build_train_loader(cfg)
+    assert isinstance(loader, AspectRatioGroupedDataset)  # no ImagesToDevice wrapper
+    assert loader.dataset.pin_memory is False

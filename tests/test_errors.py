@@ -76,6 +76,7 @@ CONFIG_CASES = {
     "negative eval period": (["train.eval_period=-1"], r"train\.eval_period must be a non-negative integer"),
     "zero checkpoint period": (["train.checkpointer.period=0"], r"train\.checkpointer\.period must be a positive integer"),
     "unknown AMP dtype": (["train.amp.dtype=int8"], r"train\.amp\.dtype must be float16 or bfloat16"),
+    "unknown tensor sharing": (["train.tensor_sharing=shm"], r"train\.tensor_sharing must be one of file_descriptor, file_system .*got 'shm'"),
     "bad best-metric mode": (["train.best_metric.mode=best"], r"train\.best_metric\.mode must be 'max' or 'min'"),
     "missing init checkpoint": (["train.init_checkpoint=/nonexistent/model.pkl"], r"train\.init_checkpoint=/nonexistent/model\.pkl: no such file"),
 }

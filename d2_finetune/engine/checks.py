@@ -53,6 +53,13 @@ def check_config(cfg, world_size=1):
     best = train.get("best_metric")
     if best and best.get("mode", "max") not in ("max", "min"):
         raise ConfigError(f"train.best_metric.mode must be 'max' or 'min', got {best.mode!r}.")
+    sharing = train.get("tensor_sharing")
+    strategies = sorted(torch.multiprocessing.get_all_sharing_strategies())
+    if sharing is not None and sharing not in strategies:
+        raise ConfigError(
+            f"train.tensor_sharing must be one of {', '.join(strategies)} (or None for torch's "
+            f"default), got {sharing!r}."
+        )
     num_classes = cfg.model.get("roi_heads", {}).get("num_classes")
     if num_classes is not None:
         _positive_int(num_classes, "model.roi_heads.num_classes")

@@ -53,11 +53,14 @@ def load(args):
 
 
 def setup(cfg, args):
-    """Logging (console and ``<output_dir>/log.txt``), environment info, seeds; saves the config."""
+    """Logging (console and ``<output_dir>/log.txt``), environment info, seeds, how loader
+    workers share tensors (``train.tensor_sharing``); saves the config."""
     check_output_dir(cfg.train.output_dir)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2_finetune",
                  abbrev_name="d2ft")
+    if cfg.train.get("tensor_sharing"):
+        torch.multiprocessing.set_sharing_strategy(cfg.train.tensor_sharing)
     return cfg
 
 

@@ -163,6 +163,8 @@ class FinetuneTrainer(DefaultTrainer):
         resolve_num_classes(cfg)
         model = instantiate(cfg.model)
         model.to(torch.device(cfg.train.device))
+        if cfg.train.get("channels_last", False):
+            model.to(memory_format=torch.channels_last)
         logging.getLogger(__name__).info("Model:\n{}".format(model))
         return model
 
@@ -182,6 +184,9 @@ class FinetuneTrainer(DefaultTrainer):
         """The train loader, with a :class:`ResumableTrainingSampler` (seeded by ``train.seed``)
         unless the config names a sampler; returns (loader, sampler, dataset size)."""
         loader_cfg = with_workers(cfg.dataloader.train)
+        on_gpu = torch.device(cfg.train.device).type == "cuda"
+        if loader_cfg.get("pin_memory") and not on_gpu:
+            loader_cfg.pin_memory = False  # page-locking is for copies to a GPU
         dataset = instantiate(loader_cfg.dataset)
         if not len(dataset):
             raise DatasetError(
@@ -196,7 +201,10 @@ class FinetuneTrainer(DefaultTrainer):
             # (which a resumed run restores): reproducible, and resumable exactly.
             loader_cfg.seed = seed
         loader_cfg.dataset = DatasetFromList(dataset, copy=False)
-        return instantiate(loader_cfg), loader_cfg.sampler, len(dataset)
+        loader = instantiate(loader_cfg)
+        if on_gpu:
+            loader = ImagesToDevice(loader, torch.device(cfg.train.device))
+        return loader, loader_cfg.sampler, len(dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
@@ -427,6 +435,31 @@ class MetricPrinter(CommonMetricPrinter):
         if self._last_write is not None and self._last_write[0] == storage.iter:
             return None
         return super()._get_eta(storage)
+
+
+class ImagesToDevice:
+    """Iterates over a loader's batches with each ``"image"`` already on ``device``.
+
+    The copies are issued without blocking the host: from page-locked batches
+    (``pin_memory=True``) they run while the host goes on, where detectron2's model would copy
+    each image from pageable memory and wait for it. The model then finds the images where
+    they belong; the rest of each sample (instances) moves in the model, as in detectron2.
+    """
+
+    def __init__(self, loader, device):
+        self.loader = loader
+        self.device = device
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield [self.move(sample) for sample in batch]
+
+    def move(self, sample):
+        if "image" not in sample:
+            return sample
+        sample = dict(sample)
+        sample["image"] = sample["image"].to(self.device, non_blocking=True)
+        return sample
 
 
 def default_num_workers():

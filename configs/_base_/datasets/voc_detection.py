@@ -38,6 +38,7 @@ dataloader.train = L(build_detection_train_loader)(
     ),
     total_batch_size=16,
     num_workers="auto",  # from the CPU cores per GPU process (see default_num_workers)
+    pin_memory=True,  # page-locked batches, copied to the GPU without blocking (not on CPUs)
 )
 
 dataloader.test = L(build_detection_test_loader)(
