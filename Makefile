@@ -21,10 +21,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VPY) scripts/demo.py --output-dir output/demo
 
-# The GPU benchmarks' CPU smoke runs: tiny images and model, both pipelines, a few iterations.
+# The GPU benchmarks' CPU smoke runs: tiny images and model, every pipeline, a few iterations.
 bench-smoke: $(STAMP)
-	$(VPY) bench/train_throughput.py --smoke
-	$(VPY) bench/eval_inference.py --smoke
+	SMOKE=1 PYTHON=$(VPY) WORK_DIR=output/bench_smoke_work bash bench/gpu_suite.sh output/bench_smoke
 
 clean:
 	rm -rf output build *.egg-info

@@ -5,7 +5,8 @@ Times the whole inference loop (test loader, model, postprocessing; the evaluato
 excluded) over generated 2048x1024 Cityscapes-layout val images with the R50-FPN of
 ``configs/cityscapes_ft.py``: detectron2's stock test loader at batch 1 in float32, then our
 path (``FinetuneTrainer.test``) at batch 1 and batch N, in float32 and with AMP. All runs load
-the same weights, in one process, after a warm-up pass.
+the same weights, in one process, after a warm-up pass; the stock row runs them in detectron2's
+NCHW layout, ours in channels-last (``train.channels_last``).
 
     python bench/eval_inference.py                    # GPU
     python bench/eval_inference.py --smoke            # CPU: tiny images and model
@@ -75,15 +76,15 @@ def main():
     if not os.path.isfile(init):
         make_calibrated_init(config, base, init)
 
-    def cfg_for(batch, amp):
+    def cfg_for(batch, amp, channels_last=True):
         overrides = base + [f"train.init_checkpoint={init}", f"dataloader.test.batch_size={batch}",
-                            f"train.amp.enabled={amp}"]
+                            f"train.amp.enabled={amp}", f"train.channels_last={channels_last}"]
         cfg = resolve_device(load_config(config, overrides))
         register_datasets(cfg)
         return cfg
 
-    cfg = cfg_for(1, False)
-    model = FinetuneTrainer.load_for_inference(cfg)
+    model = FinetuneTrainer.load_for_inference(cfg_for(1, False))
+    stock_model = FinetuneTrainer.load_for_inference(cfg_for(1, False, channels_last=False))
 
     # detectron2's own test loader for this dataset, as DefaultTrainer builds it from yacs.
     from detectron2.config import get_cfg
@@ -98,22 +99,23 @@ def main():
 
     from d2_finetune.engine import autocast_context
 
-    def run(loader, amp):
+    def run(loader, amp, net=model):
         """Inference over ``loader`` (built beforehand, as for every path) under AMP or not."""
         c = cfg_for(1, amp)
 
         def go():
             with autocast_context(c):
-                inference_on_dataset(model, loader, NullEvaluator())
+                inference_on_dataset(net, loader, NullEvaluator())
 
         return go
 
     ours_one = FinetuneTrainer.build_test_loader(cfg_for(1, False))
     ours_batched = FinetuneTrainer.build_test_loader(cfg_for(args.batch, False))
     run(ours_batched, True)()  # warm-up: kernels, allocator
+    run(ours_one, False, stock_model)()
     rows = []
     for name, fn in [
-        ("stock test loader, batch 1, fp32", run(stock_loader, False)),
+        ("stock test loader, batch 1, fp32", run(stock_loader, False, stock_model)),
         ("ours, batch 1, fp32", run(ours_one, False)),
         (f"ours, batch {args.batch}, fp32", run(ours_batched, False)),
         ("ours, batch 1, AMP", run(ours_one, True)),

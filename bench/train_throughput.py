@@ -5,7 +5,8 @@
     and detectron2's builtin Cityscapes dataset (polygon masks), float32, the recipe's 4 loader
     workers;
 (b) ours: ``scripts/train_net.py --config-file configs/cityscapes_ft.py`` (AMP float16 on GPUs,
-    cropped masks, OpenCV PNG decoding, loader workers from the CPU count).
+    cropped masks, OpenCV PNG decoding, loader workers from the CPU count, channels-last
+    convolutions, page-locked batches copied without blocking, tensors shared by file name).
 
 Both read the same generated Cityscapes-layout PNGs from local disk and start from the same
 weights (a random init with calibrated FrozenBN, saved once). Each runs in its own process.
@@ -26,6 +27,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "cityscapes_ft.py")
 # --smoke: configs/cityscapes_ft.py with the demo's ResNet-18 / 64-channel FPN, for a CPU.
 SMOKE_CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
+
+
+# Our pipeline with one of its settings changed, to measure what each is worth.
+VARIANTS = {
+    "ours+cudnn": ["train.cudnn_benchmark=True"],
+    "ours+nchw": ["train.channels_last=False"],  # convolutions in NCHW, as detectron2's
+    "ours+nopin": ["dataloader.train.pin_memory=False"],  # pageable batches, blocking copies
+    "ours+fdsharing": ["train.tensor_sharing=file_descriptor"],  # torch's default
+    # all three as detectron2 has them
+    "ours+stocklevers": ["train.channels_last=False", "dataloader.train.pin_memory=False",
+                         "train.tensor_sharing=file_descriptor"],
+}
 
 
 def generate(root, num_images, size, unique):
@@ -210,8 +223,8 @@ def child(args):
     workers = run_stock(args) if args.run == "stock" else run_ours(args)
     m = last_metrics(args.output)
     result = {
-        "run": args.run + (" fp32" if args.fp32 else "") + (" fixed batch" if args.fixed_batch else "")
-        + "".join(" " + e for e in args.extra),
+        "run": args.label or args.run,
+        "overrides": args.extra,
         "s_per_iter": m["time"],
         "data_time": m.get("data_time"),
         "images_per_s": args.batch / m["time"],
@@ -234,14 +247,16 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--stock-workers", type=int, default=4, help="the yacs recipe's default")
     parser.add_argument("--runs", default="stock,ours",
-                        help="comma list of: stock, ours, ours-fp32, ours+cudnn, ours+workersN, "
-                        "ours+fixedbatch (the model step alone, no loader)")
+                        help="comma list of: stock, ours, ours-fp32, ours+workersN, ours+fixedbatch "
+                        "(the model step alone, no loader), or ours with one setting changed: "
+                        + ", ".join(VARIANTS))
     parser.add_argument("--extra", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--fixed-batch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true",
                         help="also profile 5 late iterations of 'ours' (profile.txt in its folder)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run: 256x128, R18, 3 iterations")
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--label", help=argparse.SUPPRESS)
     parser.add_argument("--fp32", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--init", help=argparse.SUPPRESS)
@@ -266,9 +281,9 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--run", name, "--root", root, "--init", init,
                "--output", out, "--iters", str(args.iters), "--batch", str(args.batch),
                "--stock-workers", str(args.stock_workers), "--width", str(args.width),
-               "--height", str(args.height)] + (["--fp32"] if fp32 else []) + (["--smoke"] if args.smoke else [])
-        if run == "ours+cudnn":
-            cmd += ["--extra", "train.cudnn_benchmark=True"]
+               "--height", str(args.height), "--label", run] + (["--fp32"] if fp32 else []) + (["--smoke"] if args.smoke else [])
+        for override in VARIANTS.get(run, []):
+            cmd += ["--extra", override]
         if run.startswith("ours+workers"):
             cmd += ["--extra", f"dataloader.train.num_workers={run[len('ours+workers'):]}"]
         if args.profile and run == "ours":
@@ -293,6 +308,9 @@ def main():
              f"{r['peak_gpu_gib']:.1f}" if r["peak_gpu_gib"] is not None else "-"] for r in results]
     print(tabulate(rows, headers=["pipeline", "s/iter", "images/s", "data wait s/iter",
                                   "loader workers", "peak GPU GiB"]))
+    for r in results:
+        if r.get("overrides"):
+            print(f"{r['run']}: {' '.join(r['overrides'])}")
     by = {r["run"]: r for r in results}
     if "stock" in by:
         for name, r in by.items():
