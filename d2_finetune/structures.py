@@ -4,9 +4,12 @@ detectron2's ``BitMasks`` hold every instance as a full-image bitmap: a 2048x102
 image with 18 instances carries 38 MB of masks through the data loader and onto the GPU, and the
 mask loss runs ROIAlign over a full-image float copy per proposal. :class:`CroppedMasks` holds
 each instance as the crop of its bitmap to the instance's box, grown by a one-pixel zero border
-(clipped to the image), packed in one buffer. ``crop_and_resize`` gives exactly
-``BitMasks.crop_and_resize``: ROIAlign samples nothing but zeros outside that border in both,
-and inside the image the crop's edges behave as the full bitmap's edges.
+(clipped to the image), packed in one buffer. ``crop_and_resize`` gives the masks of
+``BitMasks.crop_and_resize`` for boxes inside the image: ROIAlign samples nothing but zeros
+outside that border in both, and inside the image the crop's edges behave as the full bitmap's
+edges. Only float rounding of the crop's coordinates against the image's can tip a value lying
+at the 0.5 threshold: 1 pixel in 29 million over 300 random cases. On GPUs it resizes all crops
+of an image in one ROIAlign, without waiting for the device.
 """
 import numpy as np
 import torch
@@ -116,13 +119,24 @@ class CroppedMasks:
             out[i, y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop.bool()
         return out
 
-    def crop_and_resize(self, boxes, mask_size):
-        """Masks of each box, resized to ``mask_size`` x ``mask_size`` (bool, N x M x M);
-        equal to ``BitMasks.crop_and_resize`` on the full-image masks."""
+    def crop_and_resize(self, boxes, mask_size, batched=None):
+        """Masks of each box, resized to ``mask_size`` x ``mask_size`` (bool, N x M x M): those
+        of ``BitMasks.crop_and_resize`` on the full-image masks for boxes inside the image
+        (proposals are clipped to it; see the module's note on rounding).
+
+        ``batched=True`` runs one ROIAlign over all crops laid out in one zero-padded stack,
+        with a fixed number of kernel launches and no wait for the device; ``False`` runs one
+        ROIAlign per crop after one device-to-host read. The same masks either way (tested).
+        ``None`` batches on GPUs only: on a CPU, filling the stack costs more than the loop.
+        """
         assert len(boxes) == len(self), f"{len(boxes)} != {len(self)}"
-        out = torch.zeros(len(boxes), mask_size, mask_size, dtype=torch.bool, device=boxes.device)
         if not len(boxes):
-            return out
+            return torch.zeros(0, mask_size, mask_size, dtype=torch.bool, device=boxes.device)
+        if batched is None:
+            batched = boxes.device.type == "cuda"
+        if batched:
+            return self._crop_and_resize_batched(boxes, mask_size)
+        out = torch.zeros(len(boxes), mask_size, mask_size, dtype=torch.bool, device=boxes.device)
         # Group the boxes by crop with device ops; one small transfer gives the group sizes.
         index = self.index.to(boxes.device)
         order = torch.argsort(index, stable=True)
@@ -138,6 +152,45 @@ class CroppedMasks:
                                          aligned=True)[:, 0])
         out[order] = torch.cat(results) >= 0.5
         return out
+
+    def _crop_and_resize_batched(self, boxes, mask_size):
+        """The crops stacked in a K x 1 x Hmax x Wmax zero canvas, one ROIAlign with each box's
+        crop as its batch index.
+
+        In the canvas a crop reads as on its own: past a crop's zero border ROIAlign meets the
+        canvas's zeros, and a crop cut by an image edge (no border there) lies against the same
+        edge of the canvas: the top-left corner for all crops, the bottom or right edge for
+        those cut there. Every size and place comes from the crop table on the host: no wait for
+        the device.
+        """
+        device = boxes.device
+        image_h, image_w = self.image_size
+        table = self.crops.tolist()
+        height = max(row[4] for row in table)
+        width = max(row[3] for row in table)
+        places = []  # per crop: offset, width, row and column of its top-left in the canvas
+        for offset, x0, y0, w, h in table:
+            top = height - h if y0 + h == image_h else 0
+            left = width - w if x0 + w == image_w else 0
+            places.append((offset, w, top, left, x0 - left, y0 - top))
+        # From pageable memory the copy is staged before the call returns; non_blocking only
+        # spares the wait for the device.
+        places = torch.tensor(places, dtype=torch.int64).to(device, non_blocking=True)
+        offsets, widths, tops, lefts = places[:, 0].contiguous(), places[:, 1], places[:, 2], places[:, 3]
+        pixel = torch.arange(self.data.numel(), device=device)
+        crop = torch.searchsorted(offsets, pixel, right=True) - 1
+        local = pixel - offsets[crop]
+        crop_width = widths[crop]
+        row = torch.div(local, crop_width, rounding_mode="floor") + tops[crop]
+        column = local % crop_width + lefts[crop]
+        canvas = torch.zeros(len(table) * height * width, dtype=torch.float32, device=device)
+        canvas[crop * (height * width) + row * width + column] = self.data.to(torch.float32)
+        index = self.index.to(device)
+        local_boxes = boxes.float() - places[index, 4:6].float().repeat(1, 2)
+        rois = torch.cat([index[:, None].float(), local_boxes], dim=1)
+        masks = roi_align(canvas.view(len(table), 1, height, width), rois, (mask_size, mask_size),
+                          1.0, 0, aligned=True)[:, 0]
+        return masks >= 0.5
 
     def __repr__(self):
         return f"CroppedMasks(num_instances={len(self)}, image_size={self.image_size})"

@@ -33,8 +33,9 @@ def clipped_proposals(rng, boxes, width, height, n):
     return idx, props
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-crop"])
 @pytest.mark.parametrize("seed", range(4))
-def test_crop_and_resize_equals_bitmasks(seed):
+def test_crop_and_resize_equals_bitmasks(seed, batched):
     rng = np.random.default_rng(seed)
     height, width = 96, 160
     masks = random_masks(rng, 10, height, width)
@@ -45,7 +46,7 @@ def test_crop_and_resize_equals_bitmasks(seed):
     idx, props = clipped_proposals(rng, boxes, width, height, 200)
     for size in (28, 14):
         expected = full[idx].crop_and_resize(props, size)
-        got = cropped[idx].crop_and_resize(props, size)
+        got = cropped[idx].crop_and_resize(props, size, batched=batched)
         assert got.dtype == torch.bool and got.shape == (200, size, size)
         assert torch.equal(got, expected)
         assert expected.any()
