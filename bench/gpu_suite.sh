@@ -2,7 +2,8 @@
 # The GPU benchmarks in one go, about 8 minutes on one H200: training throughput of stock
 # Detectron2 and of our pipeline, also with its speed settings back at detectron2's
 # (ours+stocklevers) and one at a time (ours+nchw, ours+nopin), and our model step alone
-# (ours+fixedbatch); then evaluation inference. Tables, JSON and logs go to the folder given.
+# (ours+fixedbatch); then evaluation inference and the mask-loss targets, batched against one
+# ROIAlign per crop. Tables, JSON and logs go to the folder given.
 #
 #   bash bench/gpu_suite.sh [RESULTS_DIR]        # default output/gpu_suite
 #   RUNS=stock,ours bash bench/gpu_suite.sh      # fewer training runs
@@ -18,3 +19,4 @@ mkdir -p "$out"
 cp "$work/train/results.json" "$out/train_results.json"
 for log in "$work"/train/*.log; do cp "$log" "$out/train_$(basename "$log")"; done
 "$py" bench/eval_inference.py $smoke --work-dir "$work/eval" | tee "$out/eval.txt"
+"$py" bench/mask_targets.py ${SMOKE:+--images 2 --repeat 1} --work-dir "$work/masks" | tee "$out/mask_targets.txt"
