@@ -19,6 +19,10 @@ from detectron2.structures import Boxes
 
 __all__ = ["CroppedMasks"]
 
+# The batched crop_and_resize's canvas of one image's crops, at most (256 MB of float32): the
+# 15-20 crops of a 2048x1024 image in bench/mask_targets.py take 5-8 million.
+MAX_CANVAS_ELEMENTS = 2**26
+
 
 class CroppedMasks:
     """N instance masks of an ``image_size`` (H, W) image.
@@ -127,13 +131,14 @@ class CroppedMasks:
         ``batched=True`` runs one ROIAlign over all crops laid out in one zero-padded stack,
         with a fixed number of kernel launches and no wait for the device; ``False`` runs one
         ROIAlign per crop after one device-to-host read. The same masks either way (tested).
-        ``None`` batches on GPUs only: on a CPU, filling the stack costs more than the loop.
+        ``None`` batches on GPUs only (on a CPU, filling the stack costs more than the loop)
+        and when the stack holds at most ``MAX_CANVAS_ELEMENTS`` floats.
         """
         assert len(boxes) == len(self), f"{len(boxes)} != {len(self)}"
         if not len(boxes):
             return torch.zeros(0, mask_size, mask_size, dtype=torch.bool, device=boxes.device)
         if batched is None:
-            batched = boxes.device.type == "cuda"
+            batched = self.batch_by_default(boxes.device)
         if batched:
             return self._crop_and_resize_batched(boxes, mask_size)
         out = torch.zeros(len(boxes), mask_size, mask_size, dtype=torch.bool, device=boxes.device)
@@ -152,6 +157,11 @@ class CroppedMasks:
                                          aligned=True)[:, 0])
         out[order] = torch.cat(results) >= 0.5
         return out
+
+    def batch_by_default(self, device):
+        """Whether ``crop_and_resize`` batches on ``device`` when not told."""
+        canvas = len(self.crops) * int(self.crops[:, 3].max()) * int(self.crops[:, 4].max())
+        return torch.device(device).type == "cuda" and canvas <= MAX_CANVAS_ELEMENTS
 
     def _crop_and_resize_batched(self, boxes, mask_size):
         """The crops stacked in a K x 1 x Hmax x Wmax zero canvas, one ROIAlign with each box's

@@ -77,3 +77,15 @@ def test_crops_carry_a_zero_border_inside_the_image():
     cropped = CroppedMasks.from_bitmaps(mask)
     offset, x0, y0, w, h = cropped.crops[0].tolist()
     assert (x0, y0, w, h) == (0, 4, 5, 6)
+
+
+def test_batching_is_the_default_on_gpus_for_canvases_within_the_limit(monkeypatch):
+    from d2_finetune import structures
+
+    masks = CroppedMasks.from_bitmaps(random_masks(np.random.default_rng(3), 5, 40, 60))
+    canvas = len(masks.crops) * int(masks.crops[:, 3].max()) * int(masks.crops[:, 4].max())
+    assert masks.batch_by_default("cuda") and not masks.batch_by_default("cpu")
+    monkeypatch.setattr(structures, "MAX_CANVAS_ELEMENTS", canvas - 1)
+    assert not masks.batch_by_default("cuda")
+    monkeypatch.setattr(structures, "MAX_CANVAS_ELEMENTS", canvas)
+    assert masks.batch_by_default("cuda")
