@@ -10,7 +10,7 @@
 #   SMOKE=1 bash bench/gpu_suite.sh              # tiny sizes on a CPU: checks that all runs work
 set -euo pipefail
 out=${1:-output/gpu_suite}
-py=${PYTHON:-python}
+py=${PYTHON:-python3}
 smoke=${SMOKE:+--smoke}
 work=${WORK_DIR:-output/gpu_suite_work}
 runs=${RUNS:-stock,ours,ours+stocklevers,ours+nchw,ours+nopin,ours+fixedbatch}
