@@ -160,8 +160,12 @@ class CroppedMasks:
 
     def batch_by_default(self, device):
         """Whether ``crop_and_resize`` batches on ``device`` when not told."""
-        canvas = len(self.crops) * int(self.crops[:, 3].max()) * int(self.crops[:, 4].max())
-        return torch.device(device).type == "cuda" and canvas <= MAX_CANVAS_ELEMENTS
+        crops, height, width = self._canvas_shape()
+        return torch.device(device).type == "cuda" and crops * height * width <= MAX_CANVAS_ELEMENTS
+
+    def _canvas_shape(self):
+        """(crops, height, width) of the stack the batched ``crop_and_resize`` lays crops in."""
+        return len(self.crops), int(self.crops[:, 4].max()), int(self.crops[:, 3].max())
 
     def _crop_and_resize_batched(self, boxes, mask_size):
         """The crops stacked in a K x 1 x Hmax x Wmax zero canvas, one ROIAlign with each box's
@@ -175,9 +179,8 @@ class CroppedMasks:
         """
         device = boxes.device
         image_h, image_w = self.image_size
+        num_crops, height, width = self._canvas_shape()
         table = self.crops.tolist()
-        height = max(row[4] for row in table)
-        width = max(row[3] for row in table)
         places = []  # per crop: offset, width, row and column of its top-left in the canvas
         for offset, x0, y0, w, h in table:
             top = height - h if y0 + h == image_h else 0
@@ -193,12 +196,12 @@ class CroppedMasks:
         crop_width = widths[crop]
         row = torch.div(local, crop_width, rounding_mode="floor") + tops[crop]
         column = local % crop_width + lefts[crop]
-        canvas = torch.zeros(len(table) * height * width, dtype=torch.float32, device=device)
+        canvas = torch.zeros(num_crops * height * width, dtype=torch.float32, device=device)
         canvas[crop * (height * width) + row * width + column] = self.data.to(torch.float32)
         index = self.index.to(device)
         local_boxes = boxes.float() - places[index, 4:6].float().repeat(1, 2)
         rois = torch.cat([index[:, None].float(), local_boxes], dim=1)
-        masks = roi_align(canvas.view(len(table), 1, height, width), rois, (mask_size, mask_size),
+        masks = roi_align(canvas.view(num_crops, 1, height, width), rois, (mask_size, mask_size),
                           1.0, 0, aligned=True)[:, 0]
         return masks >= 0.5
 
