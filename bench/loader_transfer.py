@@ -26,6 +26,9 @@ import time
 
 import torch
 
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "cityscapes_ft.py")  # its train mapper is the Cityscapes recipe
+
 
 class Copies(torch.utils.data.Dataset):
     """Fresh copies of one mapped sample, as a mapper would make them."""
@@ -90,11 +93,12 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    import detectron2.data.transforms as T
+    from detectron2.config import instantiate
     from detectron2.data import DatasetMapper as StockMapper
     from detectron2.data.datasets.cityscapes import load_cityscapes_instances as stock_load
     from tabulate import tabulate
 
+    from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
     from d2_finetune.data.mapper import DatasetMapper
     from d2_finetune.data.synthetic import make_cityscapes
@@ -104,8 +108,7 @@ def main():
     gt_dir = os.path.join(root, "cityscapes", "gtFine", "train")
     if not os.path.isdir(image_dir):
         make_cityscapes(root, {"train": 1}, size=(2048, 1024), seed=0, objects_per_image=(18, 18))
-    augs = [T.ResizeShortestEdge((800, 832, 864, 896, 928, 960, 992, 1024), max_size=2048,
-                                 sample_style="choice"), T.RandomFlip(horizontal=True)]
+    augs = list(instantiate(load_config(CONFIG).dataloader.train.mapper.augmentations))
     kwargs = dict(is_train=True, augmentations=augs, image_format="BGR", use_instance_mask=True)
     stock_record = stock_load(image_dir, gt_dir, from_json=True, to_polygons=True)[0]
     our_record = load_cityscapes_instances(image_dir, gt_dir, cache=False)[0]

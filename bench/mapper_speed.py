@@ -21,6 +21,9 @@ import time
 import numpy as np
 import torch
 
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "cityscapes_ft.py")  # its train mapper is the Cityscapes recipe
+
 
 def per_image_ms(fn, items, repeat):
     fn(items[0])  # warm-up
@@ -39,12 +42,13 @@ def main():
     args = parser.parse_args()
 
     import cv2
-    import detectron2.data.transforms as T
+    from detectron2.config import instantiate
     from detectron2.data import DatasetMapper as StockMapper
     from detectron2.data.datasets.cityscapes import load_cityscapes_instances as stock_load
     from detectron2.data.detection_utils import read_image as stock_read
     from tabulate import tabulate
 
+    from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
     from d2_finetune.data.mapper import DatasetMapper, read_image
     from d2_finetune.data.synthetic import make_cityscapes_parallel
@@ -58,8 +62,7 @@ def main():
         make_cityscapes_parallel(root, "train", args.images, size=(2048, 1024))
     ours = load_cityscapes_instances(image_dir, gt_dir, cache=False)
     stock_records = stock_load(image_dir, gt_dir, from_json=True, to_polygons=True)
-    augs = [T.ResizeShortestEdge((800, 832, 864, 896, 928, 960, 992, 1024), max_size=2048,
-                                 sample_style="choice"), T.RandomFlip(horizontal=True)]
+    augs = list(instantiate(load_config(CONFIG).dataloader.train.mapper.augmentations))
 
     def mapper(cls, fmt, **kw):
         m = cls(is_train=True, augmentations=augs, image_format="BGR", use_instance_mask=True,

@@ -20,6 +20,9 @@ import time
 
 import torch
 
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "cityscapes_ft.py")  # its train mapper is the Cityscapes recipe
+
 
 def proposals_around(instances, count, generator):
     """``count`` boxes jittered around random ground-truth boxes, clipped to the image, and the
@@ -42,11 +45,11 @@ def main():
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
 
-    import detectron2.data.transforms as T
+    from detectron2.config import instantiate
     from tabulate import tabulate
 
+    from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
-    from d2_finetune.data.mapper import DatasetMapper
     from d2_finetune.data.synthetic import make_cityscapes_parallel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,10 +59,7 @@ def main():
     if not os.path.isdir(image_dir):
         make_cityscapes_parallel(root, "train", args.images, size=(2048, 1024))
     records = load_cityscapes_instances(image_dir, gt_dir, cache=False)[: args.images]
-    augs = [T.ResizeShortestEdge((800, 832, 864, 896, 928, 960, 992, 1024), max_size=2048,
-                                 sample_style="choice"), T.RandomFlip(horizontal=True)]
-    mapper = DatasetMapper(is_train=True, augmentations=augs, image_format="BGR",
-                           use_instance_mask=True, instance_mask_format="cropped")
+    mapper = instantiate(load_config(CONFIG).dataloader.train.mapper)
     generator = torch.Generator().manual_seed(0)
     batch = []
     for record in records:
