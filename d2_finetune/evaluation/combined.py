@@ -9,9 +9,10 @@ is which: ``cityscapes/AP``, ``cityscapes/AP50``, ``cityscapes/AP-<class>``, ...
 import tempfile
 from collections import OrderedDict
 
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator
 
 from .cityscapes import CityscapesInstanceEvaluator
+from .coco import ScopedCOCOEvaluator
 
 __all__ = ["CityscapesCOCOEvaluator"]
 
@@ -44,7 +45,9 @@ class CityscapesCOCOEvaluator(DatasetEvaluator):
                 coco_dir = self._coco_dir.name
             else:
                 coco_dir = output_dir
-            self._coco = COCOEvaluator(dataset_name, tasks=tuple(coco_tasks), output_dir=coco_dir)
+            self._coco = ScopedCOCOEvaluator(
+                dataset_name, tasks=tuple(coco_tasks), output_dir=coco_dir
+            )
 
     def _evaluators(self):
         return [e for e in (self._cityscapes, self._coco) if e is not None]

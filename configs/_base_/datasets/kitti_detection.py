@@ -7,11 +7,10 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.evaluation import COCOEvaluator
 
 from d2_finetune.data import register_kitti
 from d2_finetune.data.mapper import DatasetMapper
-from d2_finetune.evaluation import KittiEvaluator, PrefixedEvaluator
+from d2_finetune.evaluation import KittiEvaluator, PrefixedEvaluator, ScopedCOCOEvaluator
 
 dataloader = OmegaConf.create()
 
@@ -66,7 +65,7 @@ dataloader.evaluator = [
     ),
     L(PrefixedEvaluator)(
         prefix="coco",
-        evaluator=L(COCOEvaluator)(
+        evaluator=L(ScopedCOCOEvaluator)(
             dataset_name="${....test.dataset.names}",
             tasks=("bbox",),
             output_dir="${train.output_dir}/inference",

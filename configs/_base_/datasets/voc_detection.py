@@ -7,11 +7,11 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import PascalVOCDetectionEvaluator
 
 from d2_finetune.data import register_voc
 from d2_finetune.data.mapper import DatasetMapper
-from d2_finetune.evaluation import PrefixedEvaluator
+from d2_finetune.evaluation import PrefixedEvaluator, ScopedCOCOEvaluator
 
 dataloader = OmegaConf.create()
 
@@ -61,7 +61,7 @@ dataloader.evaluator = [
     ),
     L(PrefixedEvaluator)(
         prefix="coco",
-        evaluator=L(COCOEvaluator)(
+        evaluator=L(ScopedCOCOEvaluator)(
             dataset_name="${....test.dataset.names}",
             tasks=("bbox",),
             output_dir="${train.output_dir}/inference",
