@@ -54,6 +54,16 @@ def test_each_evaluator_converts_into_its_own_folder(dataset, tmp_path):
     assert "json_file" not in MetadataCatalog.get(dataset).as_dict()
 
 
+def test_a_failed_conversion_leaves_no_path_behind(dataset, tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    with pytest.raises(OSError):
+        ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(blocked / "inference"))
+    assert "json_file" not in MetadataCatalog.get(dataset).as_dict()
+    assert box_ap(ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(tmp_path / "ok")),
+                  dataset) == 100
+
+
 def test_a_dataset_with_its_own_json_is_evaluated_against_it(dataset, tmp_path):
     own = str(tmp_path / "annotations.json")
     convert_to_coco_json(dataset, own)

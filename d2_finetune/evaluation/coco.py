@@ -25,6 +25,8 @@ class ScopedCOCOEvaluator(COCOEvaluator):
     def __init__(self, dataset_name, *args, **kwargs):
         metadata = MetadataCatalog.get(dataset_name)
         converts = "json_file" not in metadata.as_dict()
-        super().__init__(dataset_name, *args, **kwargs)
-        if converts:
-            del metadata.json_file
+        try:
+            super().__init__(dataset_name, *args, **kwargs)
+        finally:
+            if converts and "json_file" in metadata.as_dict():
+                del metadata.json_file
