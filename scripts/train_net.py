@@ -5,10 +5,16 @@
         [--num-machines M --machine-rank R --dist-url URL] [--resume] [--eval-only] \
         [key=value ...]
 """
-from detectron2.engine import launch
-
 from d2_finetune.data import register_datasets
-from d2_finetune.engine import FinetuneTrainer, argument_parser, load, setup, startup_guard, user_errors
+from d2_finetune.engine import (
+    FinetuneTrainer,
+    argument_parser,
+    launch,
+    load,
+    setup,
+    startup_guard,
+    user_errors,
+)
 
 
 def main(args):
@@ -31,11 +37,4 @@ if __name__ == "__main__":
     args = argument_parser(__doc__).parse_args()
     with user_errors(args.debug):
         load(args)  # report config errors once, before starting worker processes
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        launch(main, args)

@@ -7,6 +7,51 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
 
 
+def run_script(name, args, timeout=300, check=True, **kwargs):
+    """Run ``scripts/<name>.py`` as users do, in a process group of its own: past ``timeout``
+    the whole group (worker processes included) is killed and the test fails, so no test
+    waits on a process stuck in a collective.
+
+    Returns:
+        subprocess.CompletedProcess with text stdout and stderr.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, os.path.join(REPO, "scripts", f"{name}.py"), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{name}.py did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+    done = subprocess.CompletedProcess(command, proc.returncode, out, err)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{out[-3000:]}\n{err[-3000:]}")
+    return done
+
+
+def error_lines(proc):
+    """The ``ERROR:`` lines a finished run printed, on stdout and stderr together."""
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("ERROR:")]
+
+
+def assert_one_error_line(proc, pattern):
+    """The run stopped on bad input the way users should see it: exit status 2, one
+    ``ERROR:`` line matching ``pattern`` in stdout and stderr together, no traceback in either."""
+    import re
+
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    lines = error_lines(proc)
+    assert len(lines) == 1, lines
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in proc.stdout and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def cityscapes_root(tmp_path_factory):
     """A synthetic Cityscapes (gtFine layout) with 6 train and 3 val images of 256x128."""

@@ -1,6 +1,9 @@
 """Command-line plumbing shared by the scripts: arguments, config setup, error reporting."""
 import contextlib
+import logging
+import os
 import sys
+import traceback
 
 import torch
 
@@ -11,6 +14,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import load_config
 from ..errors import ConfigError, UserError
 from .checks import check_config, check_init_checkpoint, check_output_dir, check_world_size
+from .launch import report_in_launcher
 
 __all__ = ["argument_parser", "load", "setup", "user_errors", "resolve_device"]
 
@@ -66,20 +70,39 @@ def setup(cfg, args):
 
 @contextlib.contextmanager
 def user_errors(debug=False):
-    """Report a :class:`UserError` as one line on stderr and exit with status 2.
+    """Report a :class:`UserError` as one line, ``ERROR: <message>``, on stderr and exit with
+    status 2; ``debug`` shows the traceback instead. The error is also written to the run's
+    ``log.txt`` (when logging is set up), and other exceptions keep their traceback there too.
 
-    Errors raised in ``launch`` worker processes were already reported by the worker; the
-    parent then only passes on the exit status.
+    In a worker process of a multi-process run the line is left to the launching process
+    (see :mod:`.launch`), which prints it once for all processes.
     """
     try:
         yield
     except UserError as e:
+        message = _short(e)
+        _write_to_log_files(f"ERROR: {message}")
         if debug:
             raise
-        print(f"ERROR: {_short(e)}", file=sys.stderr, flush=True)
+        if not report_in_launcher(message):
+            print(f"ERROR: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     except torch.multiprocessing.ProcessExitedException as e:
-        sys.exit(e.exit_code or 1)
+        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except Exception:
+        _write_to_log_files(traceback.format_exc())
+        raise
+
+
+def _write_to_log_files(text):
+    """Append ``text`` to the files (not the console) that the project's logger writes to."""
+    record = logging.LogRecord("d2_finetune", logging.ERROR, __file__, 0, text, None, None)
+    for handler in logging.getLogger("d2_finetune").handlers:
+        stream = getattr(handler, "stream", None)
+        name = getattr(stream, "name", None)
+        if isinstance(name, str) and os.path.isfile(name) and not stream.closed:
+            handler.handle(record)
 
 
 def _short(error):

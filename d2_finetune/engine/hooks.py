@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from collections import defaultdict
 
 import torch
@@ -13,6 +14,7 @@ from detectron2.utils import comm
 
 from ..checkpoint import atomic_write
 from ..errors import CheckpointError
+from .distributed import decided_on_main
 
 __all__ = ["BestCheckpointer", "ValidationLoss", "PlotWriter"]
 
@@ -27,7 +29,10 @@ class BestCheckpointer(hooks.BestCheckpointer):
     survives ``--resume``, and stops training after ``patience`` evaluations without
     improvement (``patience=0``: never).
 
-    Runs on every process (so that all stop together); only the main process writes.
+    Runs on every process, so that all save and stop together: each decision (the record read
+    on resume, whether an evaluation improved, whether to stop) is taken on the main process,
+    which has the evaluation results and the record, and shared with the others
+    (:func:`.distributed.decided_on_main`). Only the main process writes files.
     """
 
     def __init__(self, eval_period, checkpointer, val_metric, mode="max", patience=0,
@@ -39,15 +44,22 @@ class BestCheckpointer(hooks.BestCheckpointer):
 
     def before_train(self):
         # A resumed run continues the record; a run from iteration 0 starts a new one.
-        if self.trainer.start_iter == 0 or not os.path.isfile(self._record):
+        if self.trainer.start_iter == 0:
             return
+        state = decided_on_main(self._read_record)
+        if state is not None:
+            self.best_metric, self.best_iter, self.evals_without_improvement = state
+
+    def _read_record(self):
+        if not os.path.isfile(self._record):
+            return None
         try:
             with open(self._record) as f:
                 state = json.load(f)
             if state.get("metric") != self._val_metric:
-                return
+                return None
             value, iteration = state["value"], state["iteration"]
-            best = (None if value is None else float(value),
+            return (None if value is None else float(value),
                     None if iteration is None else int(iteration),
                     int(state.get("evals_without_improvement", 0)))
         except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -56,35 +68,46 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 f"{e}). Restore it, or delete it together with {self._file_prefix}.pth to "
                 "choose the best checkpoint anew from the next evaluation."
             ) from e
-        self.best_metric, self.best_iter, self.evals_without_improvement = best
 
     def _best_so_far(self):
         if self.best_metric is None:
             return "no valid value yet"
         return f"the best {self.best_metric:.4f} at iteration {self.best_iter}"
 
-    def _best_checking(self):
+    def _decide(self):
+        """On the main process: the latest evaluation's verdict, or None without one."""
         latest = self.trainer.storage.latest().get(self._val_metric)
         if latest is None:
             overall = sorted(k for k in self.trainer.storage.latest()
                              if k.startswith(EVAL_PREFIXES) and "-" not in k)
+            if not overall:  # no evaluation has run (train.eval_after_train=False)
+                return None
             self._logger.warning(
                 f"Metric {self._val_metric} was not computed by the evaluators, so no best "
                 "checkpoint is kept; set train.best_metric.name to one of: " + ", ".join(overall)
             )
-            return
+            return None
         value, iteration = latest
+        # detectron2 logs the evaluation after training at max_iter; its weights are those of
+        # the last iteration, max_iter - 1, as in model_final.pth.
+        iteration = min(iteration, self.trainer.max_iter - 1)
         improved = not (math.isnan(value) or math.isinf(value)) and (
             self.best_metric is None or self._compare(value, self.best_metric)
         )
-        if improved:
+        return {"value": value, "iteration": iteration, "improved": improved}
+
+    def _best_checking(self):
+        verdict = decided_on_main(self._decide)
+        if verdict is None:
+            return
+        value, iteration = verdict["value"], verdict["iteration"]
+        if verdict["improved"]:
             self.best_metric, self.best_iter = value, iteration
             self.evals_without_improvement = 0
-            if comm.is_main_process():
-                # Not named in last_checkpoint: --resume continues from the latest periodic
-                # checkpoint, not from the best one.
-                self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration,
-                                        best_metric={self._val_metric: value})
+            # Not named in last_checkpoint: --resume continues from the latest periodic
+            # checkpoint, not from the best one.
+            self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration,
+                                    best_metric={self._val_metric: value})
             self._logger.info(
                 f"New best {self._val_metric} = {value:.4f} at iteration {iteration}: "
                 f"saved {self._file_prefix}.pth"
@@ -112,10 +135,11 @@ class BestCheckpointer(hooks.BestCheckpointer):
 class ValidationLoss(HookBase):
     """Every ``period`` iterations, the training losses on a fixed validation subset.
 
-    The model runs in training mode (so it computes its losses) without gradients; the
-    random sampling of proposals is seeded identically each time, so values from different
-    iterations compare. Losses are averaged over all images of all processes and stored as
-    ``val_<loss name>`` and ``val_total_loss`` next to the training losses.
+    The model runs in training mode (so it computes its losses) without gradients, one image
+    at a time; the random sampling of anchors and proposals is seeded by the image (its file
+    name), so values from different iterations compare, and do not depend on how the images
+    are spread over processes. Losses are averaged over all images of all processes and stored
+    as ``val_<loss name>`` and ``val_total_loss`` next to the training losses.
     """
 
     def __init__(self, period, model, data_loader, seed=0):
@@ -129,8 +153,8 @@ class ValidationLoss(HookBase):
         sums, count = defaultdict(float), 0
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self._seed)
             for batch in self._loader:
+                torch.manual_seed(self._seed + zlib.crc32(batch[0]["file_name"].encode()))
                 losses = self._model(batch)
                 for k, v in losses.items():
                     sums[k] += float(v) * len(batch)
@@ -179,7 +203,7 @@ class PlotWriter(HookBase):
 
     def write(self):
         if not comm.is_main_process():
-            return []
+            return {}
         self._json_writer.write()
         metrics_file = self._json_writer._file_handle.name
         return plot_metrics(metrics_file, os.path.join(os.path.dirname(metrics_file), "plots"))
@@ -199,10 +223,11 @@ def _read_metrics(metrics_file):
 
 
 def plot_metrics(metrics_file, plot_dir):
-    """Draw ``losses.png``, ``lr.png`` and ``metrics.png`` from a detectron2 ``metrics.json``.
+    """Draw ``losses.png``, ``lr.png`` and ``metrics.png`` from a detectron2 ``metrics.json``:
+    one line per logged value, one point per iteration it was logged at.
 
     Returns:
-        list[str]: the files written.
+        dict: for each file written, ``{series name: (iterations, values)}`` as drawn.
     """
     import matplotlib
 
@@ -223,20 +248,20 @@ def plot_metrics(metrics_file, plot_dir):
         "metrics.png": ("Evaluation", [k for k in series if k.startswith(EVAL_PREFIXES)
                                        and "-" not in k]),
     }
-    written = []
+    drawn = {}
     for name, (title, keys) in groups.items():
         if not keys:
             continue
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        drawn[name] = {}
         for key in sorted(keys):
-            xs, ys = zip(*series[key])
+            xs, ys = (list(v) for v in zip(*series[key]))
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=key)
+            drawn[name][key] = (xs, ys)
         ax.set_xlabel("iteration")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        path = os.path.join(plot_dir, name)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        fig.savefig(os.path.join(plot_dir, name), dpi=100, bbox_inches="tight")
         plt.close(fig)
-        written.append(path)
-    return written
+    return drawn

@@ -7,6 +7,7 @@ import time
 import weakref
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from tabulate import tabulate
 
@@ -18,7 +19,7 @@ from detectron2.engine.defaults import create_ddp_model, default_writers
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, get_event_storage
 
 from ..checkpoint import FinetuneCheckpointer, fresh_tensors
 from ..data.common import fixed_subset
@@ -26,6 +27,7 @@ from ..data.samplers import ResumableTrainingSampler
 from ..errors import CheckpointError, ConfigError, DatasetError, UserError
 from ..solver import resolve_schedule
 from .checks import check_output_dir, checkpoint_bytes
+from .distributed import broadcast
 from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
 from .state import RNGState
 
@@ -73,7 +75,45 @@ class TrainingDivergedError(UserError):
     """A loss or prediction became NaN or infinite."""
 
 
-class AutocastTrainer(AMPTrainer):
+class SharedMetrics:
+    """For detectron2's SimpleTrainer and its subclasses: the iteration's losses are averaged
+    over all processes on every process (detectron2 gathers them on the main process only), so
+    a NaN/Inf loss stops every process at the same iteration instead of the main one alone."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        iter = self.iter if iter is None else iter
+        if (iter + 1) % self.gather_metric_period == 0:
+            write_metrics(loss_dict, data_time, iter, prefix)
+
+
+def write_metrics(loss_dict, data_time, cur_iter, prefix=""):
+    """detectron2's ``SimpleTrainer.write_metrics``, deciding on every process: the losses of
+    all processes are gathered on each, and each raises ``FloatingPointError`` for a
+    non-finite total; the main process stores the averages for the writers."""
+    metrics = {k: v.detach().cpu().item() for k, v in loss_dict.items()}
+    metrics["data_time"] = data_time
+    storage = get_event_storage()
+    storage.put_scalar("rank_data_time", data_time, cur_iter=cur_iter)
+    gathered = comm.all_gather(metrics)
+    data_time = max(m.pop("data_time") for m in gathered)
+    averages = {k: float(np.mean([m[k] for m in gathered])) for k in gathered[0]}
+    total = sum(averages.values())
+    if not np.isfinite(total):
+        raise FloatingPointError(
+            f"Loss became infinite or NaN at iteration={cur_iter}!\nloss_dict = {averages}"
+        )
+    if comm.is_main_process():
+        storage.put_scalar("data_time", data_time, cur_iter=cur_iter)
+        storage.put_scalar(f"{prefix}total_loss", total, cur_iter=cur_iter)
+        if len(averages) > 1:
+            storage.put_scalars(cur_iter=cur_iter, **averages)
+
+
+class FinetuneSimpleTrainer(SharedMetrics, SimpleTrainer):
+    """detectron2's SimpleTrainer with the losses checked on every process."""
+
+
+class AutocastTrainer(SharedMetrics, AMPTrainer):
     """detectron2's AMPTrainer on any device: ``torch.autocast(device_type, dtype)``.
 
     Loss scaling is used for float16 on CUDA only; bfloat16 needs none.
@@ -140,11 +180,12 @@ class FinetuneTrainer(DefaultTrainer):
                 device_type=torch.device(cfg.train.device).type, precision=_amp_dtype(cfg),
             )
         else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+            self._trainer = FinetuneSimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = self.build_checkpointer(
-            cfg, model, trainer=weakref.proxy(self), rng=RNGState()
-        )
+        checkpointables = dict(trainer=weakref.proxy(self), rng=RNGState())
+        if isinstance(self._sampler, ResumableTrainingSampler):
+            checkpointables["sampler"] = self._sampler  # the data order's seed
+        self.checkpointer = self.build_checkpointer(cfg, model, **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
         self.register_hooks(self.build_hooks())
@@ -187,19 +228,16 @@ class FinetuneTrainer(DefaultTrainer):
         on_gpu = torch.device(cfg.train.device).type == "cuda"
         if loader_cfg.get("pin_memory") and not on_gpu:
             loader_cfg.pin_memory = False  # page-locking is for copies to a GPU
-        dataset = instantiate(loader_cfg.dataset)
-        if not len(dataset):
-            raise DatasetError(
-                f"The training dataset {cfg.dataloader.train.dataset.get('names')} has no images "
-                "left after filtering (images without annotations are dropped for training)."
-            )
+        dataset = build_train_dataset(cfg)
         seed = cfg.train.get("seed", -1)
         if loader_cfg.get("sampler") is None:
             loader_cfg.sampler = ResumableTrainingSampler(len(dataset), seed=seed if seed >= 0 else None)
-        if seed >= 0 and "seed" not in loader_cfg:
-            # Worker seeds from the loader's own generator, not from the global RNG stream
-            # (which a resumed run restores): reproducible, and resumable exactly.
-            loader_cfg.seed = seed
+        base_seed = seed if seed >= 0 else getattr(loader_cfg.sampler, "seed", None)
+        if base_seed is not None and "seed" not in loader_cfg:
+            # Worker seeds from the loader's own generator, one per process, not from the
+            # global RNG stream: the loader draws from it when training starts, which would
+            # shift the stream a resumed run restores.
+            loader_cfg.seed = base_seed + comm.get_rank()
         loader_cfg.dataset = DatasetFromList(dataset, copy=False)
         loader = instantiate(loader_cfg)
         if on_gpu:
@@ -222,7 +260,7 @@ class FinetuneTrainer(DefaultTrainer):
         mapper.is_train = True
         mapper.augmentations = copy.deepcopy(cfg.dataloader.test.mapper.augmentations)
         loader_cfg.mapper = mapper
-        loader_cfg.batch_size = 2
+        loader_cfg.batch_size = 1  # ValidationLoss seeds each image's sampling
         return instantiate(loader_cfg)
 
     @classmethod
@@ -254,10 +292,12 @@ class FinetuneTrainer(DefaultTrainer):
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=self.scheduler),
         ]
-        if comm.is_main_process():
-            ret.append(
-                hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer)
-            )
+        # On every process: a checkpoint holds the random state of each. Only the main process
+        # writes, and keeps the last max_to_keep.
+        periodic = dict(cfg.train.checkpointer)
+        if not comm.is_main_process():
+            periodic["max_to_keep"] = None
+        ret.append(hooks.PeriodicCheckpointer(self.checkpointer, **periodic))
 
         def test_and_save_results():
             self._last_eval_results = self.test(self.cfg, self.model)
@@ -265,14 +305,15 @@ class FinetuneTrainer(DefaultTrainer):
 
         ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results,
                                   eval_after_train=cfg.train.get("eval_after_train", True)))
+        val_period = cfg.train.get("val_loss_period", 0)
+        if val_period:
+            # Before BestCheckpointer, which may keep the best checkpoint by val_total_loss.
+            ret.append(ValidationLoss(val_period, self.model, self.build_val_loss_loader(cfg)))
         best = cfg.train.get("best_metric")
         if best:
             ret.append(BestCheckpointer(cfg.train.eval_period, self.checkpointer, best.name,
                                         mode=best.get("mode", "max"),
                                         patience=cfg.train.get("patience", 0)))
-        val_period = cfg.train.get("val_loss_period", 0)
-        if val_period:
-            ret.append(ValidationLoss(val_period, self.model, self.build_val_loss_loader(cfg)))
         if comm.is_main_process():
             writers = self.build_writers()
             json_writers = [w for w in writers if isinstance(w, JSONWriter)]
@@ -306,7 +347,10 @@ class FinetuneTrainer(DefaultTrainer):
         if resuming:
             self.start_iter = self.iter + 1
             if isinstance(self._sampler, ResumableTrainingSampler):
-                self._sampler.skip(self.start_iter * self.cfg.dataloader.train.total_batch_size)
+                consumed = self.start_iter * self.cfg.dataloader.train.total_batch_size
+                self._sampler.skip(consumed)
+                logger.info(f"Continuing the data order of sampler seed {self._sampler.seed} "
+                            f"after its first {consumed} images")
             if config_lrs != list(self.scheduler.base_lrs):
                 logger.info(f"Resuming with the config's base LR {config_lrs[0]:g} (the "
                             f"checkpoint's was {self.scheduler.base_lrs[0]:g})")
@@ -314,6 +358,8 @@ class FinetuneTrainer(DefaultTrainer):
                 for group, base, lr in zip(self.optimizer.param_groups, config_lrs,
                                            self.scheduler.get_lr()):
                     group["initial_lr"], group["lr"] = base, lr
+        elif isinstance(self._sampler, ResumableTrainingSampler):
+            logger.info(f"Data order: sampler seed {self._sampler.seed}")
 
     def _resume_failure(self, error):
         named = self.checkpointer.get_checkpoint_file()
@@ -331,7 +377,12 @@ class FinetuneTrainer(DefaultTrainer):
         )
 
     def request_stop(self, reason):
-        """Stop training after the current iteration (used by early stopping)."""
+        """Stop training after the current iteration (used by early stopping).
+
+        Every process must request the same stop at the same iteration: call it with a decision
+        taken once and shared (:func:`.distributed.decided_on_main`), never with one that a
+        process took on its own data.
+        """
         self._stop_reason = reason
 
     def train(self):
@@ -352,26 +403,21 @@ class FinetuneTrainer(DefaultTrainer):
                     self.iter += 1
             except FloatingPointError as e:
                 raise TrainingDivergedError(self._divergence_message(e)) from e
-            except Exception:
-                logger.exception("Exception during training:")
-                raise
             finally:
                 self.after_train()
         if self._stop_reason:
             logger.info(self._stop_reason)
-            if comm.is_main_process():
-                self.checkpointer.save("model_final", iteration=self.iter)
+            self.checkpointer.save("model_final", iteration=self.iter)
         return getattr(self, "_last_eval_results", None)
 
     def _divergence_message(self, error):
         text = str(error)
         if "loss_dict = " in text:
             losses = text.split("loss_dict = ", 1)[1].strip()
-        else:
-            latest = self.storage.latest()
-            losses = "last logged " + ", ".join(
-                f"{k}={v:.4g}" for k, (v, _) in sorted(latest.items()) if "loss" in k
-            ) if latest else "no losses logged yet"
+        else:  # raised inside the model, e.g. by its proposal generator
+            logged = ", ".join(f"{k}={v:.4g}" for k, (v, _) in sorted(self.storage.latest().items())
+                               if "loss" in k)
+            losses = text.strip() + (f"; last logged {logged}" if logged else "")
         last = self.checkpointer.get_checkpoint_file()
         kept = (
             f"The last good checkpoint, {last}, is intact and named in last_checkpoint"
@@ -391,7 +437,9 @@ class FinetuneTrainer(DefaultTrainer):
             results = inference_on_dataset(model, data_loader, evaluator)
         if comm.is_main_process():
             print_csv_format(results)
-        return results
+        # Evaluators return their results on the main process only; every process gets them,
+        # so that hooks deciding on a metric decide alike.
+        return broadcast(results)
 
     @classmethod
     def load_for_inference(cls, cfg):
@@ -466,8 +514,9 @@ def default_num_workers():
     """Loader processes per training process, from the CPU cores each local process has.
 
     More is not better: on a 16-core H200 machine, 6 workers fed AMP training at 28.5 images/s
-    where 15 gave 25.0 (they compete with the training process for the CPU) and 3 starved it
-    (17.6). Hence half the cores less two, at least min(4, cores - 1), at most 8.
+    where 15 gave 25.0 (they compete with the training process for the CPU; bench/README.md,
+    ``bench/train_throughput.py --runs ours+workers6,ours+workers15``). Hence half the cores
+    less two, at least min(4, cores - 1), at most 8.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_process = max(cores // max(comm.get_local_size(), 1), 1)
@@ -482,6 +531,25 @@ def with_workers(loader_cfg):
     if loader_cfg.get("num_workers") == "auto":
         loader_cfg.num_workers = default_num_workers()
     return loader_cfg
+
+
+def build_train_dataset(cfg):
+    """The training dataset dicts (``dataloader.train.dataset``), refusing an empty one with a
+    message that says why and what to do (detectron2 asserts instead)."""
+    spec = cfg.dataloader.train.dataset
+    names = spec.get("names")
+    try:
+        return instantiate(spec)
+    except AssertionError as e:
+        if "is empty" in str(e):
+            raise DatasetError(f"The training dataset {names} has no images: {e}") from None
+        if "No valid data found" not in str(e):
+            raise
+    raise DatasetError(
+        f"The training dataset {names} has no images left after filtering: training drops images "
+        "without a non-crowd instance (dataloader.train.dataset.filter_empty=True). Check its "
+        "annotations, or set dataloader.train.dataset.filter_empty=False."
+    )
 
 
 def train_classes(cfg):
