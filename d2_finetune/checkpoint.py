@@ -537,14 +537,19 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         """Save as detectron2 does, plus the class names (so a later load knows them), and
         atomically: the file is written under a temporary name and renamed when complete, and
         only then named in ``last_checkpoint`` (unless ``tag_last=False``). A crash mid-write
-        leaves the previous checkpoints and ``last_checkpoint`` as they were."""
-        if not self.save_dir or not self.save_to_disk:
+        leaves the previous checkpoints and ``last_checkpoint`` as they were.
+
+        In a multi-process run every process calls it (checkpointables may gather the state of
+        each process, e.g. their random generators); only the main process writes.
+        """
+        if not self.save_dir:
+            return
+        states = {key: obj.state_dict() for key, obj in self.checkpointables.items()}
+        if not self.save_to_disk:
             return
         if self.target_classes is not None:
             kwargs.setdefault(CLASS_NAMES_KEY, list(self.target_classes))
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        data = {"model": self.model.state_dict(), **states}
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
@@ -706,6 +711,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
             "source_classes_from": source_from, "mapping": mapping, "mapping_note": note,
             "loaded": [], "transplanted": [], "reinitialized": [], "ignored": [], "from_config": [],
             "problems": {"shape": [], "missing": [], "unexpected": []},
+            "normalisation": [],  # (buffer name, checkpoint's values, config's values)
         }
         for key, target_tensor in model_state.items():
             shape = tuple(target_tensor.shape)
@@ -736,8 +742,22 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         for key, tensor in state.items():
             if key in model_state:
                 continue
+            config_value = self._config_buffer(key)
             if "anchor_generator.cell_anchors" in key:
                 reason = "obsolete anchor buffer (recomputed from the config)"
+            elif config_value is not None:
+                # Input normalisation, saved by detectron2 versions that kept it in the weights
+                # (and by converters); the model takes it from the config.
+                saved = [round(float(v), 4) for v in tensor.flatten()]
+                config = [round(float(v), 4) for v in config_value.flatten()]
+                name = key.rsplit(".", 1)[-1]
+                if len(saved) == len(config) and all(
+                    abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(saved, config)
+                ):
+                    reason = f"the same as the config's model.{name}"
+                else:
+                    reason = f"differs from the config's model.{name}={config}"
+                    plan["normalisation"].append((name, saved, config))
             else:
                 reason = "not in the model"
                 plan["problems"]["unexpected"].append((key, tuple(tensor.shape)))
@@ -745,6 +765,16 @@ class FinetuneCheckpointer(DetectionCheckpointer):
                 {"key": key, "source_shape": list(tensor.shape), "reason": reason}
             )
         return plan
+
+    def _config_buffer(self, key):
+        """The model's value of an input-normalisation buffer named ``key`` (not saved with its
+        weights: detectron2 sets it from the config), or None for any other key."""
+        if key.rsplit(".", 1)[-1] not in _CONFIG_BUFFERS:
+            return None
+        try:
+            return self.model.get_buffer(key)
+        except AttributeError:
+            return None
 
     def _plan_class_layer(self, plan, key, layer, src_shape, shape):
         k_tgt, k_src, mapping = plan["k_tgt"], plan["k_src"], plan["mapping"]
@@ -798,6 +828,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         """Raise, before the model is touched, when the checkpoint does not fit (see the class
         docstring); a resume must fit exactly."""
         source = self._file_info["local_path"]
+        self._check_normalisation(source, plan["normalisation"])
         problems = _describe_problems(plan["problems"])
         if self._resuming:
             unfit = fresh_tensors(plan) + [e["key"] for e in plan["transplanted"]]
@@ -824,6 +855,27 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         if self.strict:
             raise CheckpointError(message)
         log(message)
+
+    def _check_normalisation(self, source, differences):
+        """The checkpoint's saved pixel_mean/pixel_std must be the config's: a model fed inputs
+        normalised otherwise than in its training starts from features it never saw, and
+        nothing else fails. An error when ``strict``, else a warning (the config's values are
+        kept)."""
+        if not differences:
+            return
+        def overrides(index):
+            return [f"model.{d[0]}=[{','.join(f'{v:g}' for v in d[index])}]" for d in differences]
+
+        message = (
+            f"{source} was trained on inputs normalised with {' '.join(overrides(1))}, but the "
+            f"config has {' '.join(overrides(2))}: the model would see inputs normalised otherwise "
+            f"than in its training. Set {' and '.join(overrides(1))} (with the model.input_format "
+            "the weights were trained with), or set train.strict_transfer=False to keep the "
+            "config's values."
+        )
+        if self.strict:
+            raise CheckpointError(message)
+        logger.warning(message)
 
     # -- applying -------------------------------------------------------------------------------
 

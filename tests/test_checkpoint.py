@@ -291,6 +291,73 @@ def test_missing_backbone_key_strict_and_not(coco, tmp_path):
     assert_transplanted(model, before, coco["state"], EXPECTED)
 
 
+MSRA_MEAN, MSRA_STD = [103.53, 116.28, 123.675], [1.0, 1.0, 1.0]  # the demo config's
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 1), (3,)])
+def test_saved_input_normalisation_equal_to_the_config_loads(coco, tmp_path, shape):
+    """Checkpoints of detectron2 versions that kept pixel_mean/pixel_std with the weights (and
+    converters' output) load; the values are the config's, so they are recorded as ignored.
+    The obsolete anchor buffers stay ignored too."""
+    state = dict(coco["state"])
+    state["pixel_mean"] = torch.tensor(MSRA_MEAN).reshape(shape)
+    state["pixel_std"] = torch.tensor(MSRA_STD).reshape(shape)
+    state["proposal_generator.anchor_generator.cell_anchors.0"] = torch.zeros(3, 4)
+    path = save_pkl(tmp_path / "with_pixel_stats.pkl", state)
+    model = build()
+    before = snapshot(model)
+    report = FinetuneCheckpointer(model, str(tmp_path), target_classes=CITY).load(path)
+    reasons = {e["key"]: e["reason"] for e in report["ignored"]}
+    assert reasons == {
+        "pixel_mean": "the same as the config's model.pixel_mean",
+        "pixel_std": "the same as the config's model.pixel_std",
+        "proposal_generator.anchor_generator.cell_anchors.0":
+            "obsolete anchor buffer (recomputed from the config)",
+    }
+    assert_class_independent_loaded(model, coco["state"])
+    assert_transplanted(model, before, coco["state"], EXPECTED)
+    assert model.pixel_mean.flatten().tolist() == pytest.approx(MSRA_MEAN)
+
+
+def test_saved_input_normalisation_that_differs_from_the_config(coco, tmp_path, caplog):
+    """Weights trained on RGB inputs scaled by torchvision's std, loaded under the MSRA config:
+    an error naming both normalisations and the overrides that match the weights, before the
+    model is touched; with strict_transfer=False a warning, and the config's values stay."""
+    state = dict(coco["state"])
+    state["pixel_mean"] = torch.tensor([123.675, 116.28, 103.53]).reshape(3, 1, 1)
+    state["pixel_std"] = torch.tensor([58.395, 57.12, 57.375]).reshape(3, 1, 1)
+    path = save_pkl(tmp_path / "rgb.pkl", state)
+    model = build()
+    before = snapshot(model)
+    with pytest.raises(CheckpointError) as error:
+        FinetuneCheckpointer(model, target_classes=CITY).load(path)
+    assert str(error.value) == (
+        f"{path} was trained on inputs normalised with model.pixel_mean=[123.675,116.28,103.53] "
+        "model.pixel_std=[58.395,57.12,57.375], but the config has model.pixel_mean=[103.53,"
+        "116.28,123.675] model.pixel_std=[1,1,1]: the model would see inputs normalised otherwise "
+        "than in its training. Set model.pixel_mean=[123.675,116.28,103.53] and "
+        "model.pixel_std=[58.395,57.12,57.375] (with the model.input_format the weights were "
+        "trained with), or set train.strict_transfer=False to keep the config's values."
+    )
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    with caplog.at_level(logging.WARNING, logger="d2_finetune"):
+        report = FinetuneCheckpointer(model, target_classes=CITY, strict=False).load(path)
+    assert "was trained on inputs normalised with model.pixel_mean=[123.675," in caplog.text
+    assert {e["key"]: e["reason"] for e in report["ignored"]} == {
+        "pixel_mean": "differs from the config's model.pixel_mean=[103.53, 116.28, 123.675]",
+        "pixel_std": "differs from the config's model.pixel_std=[1.0, 1.0, 1.0]",
+    }
+    assert_class_independent_loaded(model, coco["state"])
+    assert model.pixel_std.flatten().tolist() == MSRA_STD
+
+    # With the overrides the message names, the same file loads without a word.
+    model = build("model.pixel_mean=[123.675,116.28,103.53]", "model.pixel_std=[58.395,57.12,57.375]")
+    report = FinetuneCheckpointer(model, target_classes=CITY).load(path)
+    assert [e["reason"] for e in report["ignored"]] == [
+        "the same as the config's model.pixel_mean", "the same as the config's model.pixel_std"]
+
+
 def test_resnet101_checkpoint_is_refused(tmp_path):
     state = build("model.backbone.bottom_up.stages.depth=101",
                   "model.roi_heads.num_classes=80").state_dict()
