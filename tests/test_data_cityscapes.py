@@ -337,25 +337,64 @@ def test_invalid_polygon_names_file_and_object(tmp_path):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
 
 
-def test_short_polygons_are_skipped_counted_and_warned_once(tmp_path, caplog):
+# Degenerate polygons as annotators leave them: a 2-point diagonal and horizontal line,
+# collinear points, repeated points, and a polygon one pixel wide.
+DEGENERATE = [
+    {"label": "car", "polygon": [[3, 3], [20, 14]]},
+    {"label": "person", "polygon": [[1, 25], [40, 25]]},
+    {"label": "bus", "polygon": [[5, 5], [15, 10], [25, 15]]},
+    {"label": "truck", "polygon": [[44, 4], [44, 4], [44, 4]]},
+    {"label": "bicycle", "polygon": [[50, 2], [50, 30], [51, 30]]},
+]
+
+
+def test_degenerate_polygons_are_drawn_as_cityscapesscripts_draws_them(tmp_path):
+    """Each instance mask equals its pixels in cityscapesscripts' own instanceIds image
+    (json2instanceImg's createInstanceImage), later objects covering earlier ones."""
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+
+    _, name2label = _labels()
+    objects = [CAR] + DEGENERATE + [{"label": "rider", "polygon": [[10, 0], [12, 31]]}]
+    json_file = _write_image(str(tmp_path), "train", "aachen_000000_000019", objects)
+    annotation = Annotation()
+    annotation.fromJsonFile(json_file)
+    ids = np.asarray(createInstanceImage(annotation, "ids"))
+
+    height, width, annotations = cs.parse_polygons_json(json_file)
+    assert len(annotations) == len(objects)
+    seen = {}
+    for obj, ann in zip(objects, annotations):
+        label = obj["label"]
+        value = name2label[label].id * 1000 + seen.get(label, 0)
+        seen[label] = seen.get(label, 0) + 1
+        official = ids == value
+        assert official.any(), label  # the official image drew it
+        assert ann["category_id"] == CLASSES.index(label) and not ann["iscrowd"]
+        assert np.array_equal(_decode(ann["segmentation"], height, width), official), label
+
+
+def test_polygons_too_short_to_draw_are_skipped_counted_and_warned_once(tmp_path, caplog):
+    """A polygon of 0 or 1 point: Pillow cannot draw it (cityscapesscripts fails on the file);
+    the loader skips it and says how many and where, once per load."""
     root = str(tmp_path)
-    line = {"label": "person", "polygon": [[1, 1], [9, 9]]}
     point = {"label": "car", "polygon": [[3, 3]]}
-    first = _write_image(root, "train", "aachen_000000_000019", [CAR, line, point])
-    _write_image(root, "train", "aachen_000001_000019", [line, CAR])
+    empty = {"label": "person", "polygon": []}
+    first = _write_image(root, "train", "aachen_000000_000019", [CAR, point, DEGENERATE[0]])
+    _write_image(root, "train", "aachen_000001_000019", [empty, CAR])
     with caplog.at_level(logging.WARNING, logger="d2_finetune"):
         records = cs.load_cityscapes_instances(*_dirs(root, "train"), num_workers=0)
-    assert [len(r["annotations"]) for r in records] == [1, 1]
-    assert all(r["annotations"][0]["category_id"] == CLASSES.index("car") for r in records)
-    warnings = [r.getMessage() for r in caplog.records if "fewer than 3 points" in r.getMessage()]
+    assert [[a["category_id"] for a in r["annotations"]] for r in records] == [
+        [CLASSES.index("car"), CLASSES.index("car")], [CLASSES.index("car")]]
+    warnings = [r.getMessage() for r in caplog.records if "fewer than 2 points" in r.getMessage()]
     assert warnings == [
-        f"Skipped 3 polygon(s) with fewer than 3 points in 2 file(s) of {_dirs(root, 'train')[1]}, "
-        f"e.g. {first}."
+        f"Skipped 2 polygon(s) with fewer than 2 points in 2 file(s) of {_dirs(root, 'train')[1]}, "
+        f"e.g. {first} (cityscapesscripts cannot draw them either)."
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="d2_finetune"):
         assert cs.load_cityscapes_instances(*_dirs(root, "train")) == records
-    assert sum("Skipped 3 polygon(s)" in r.getMessage() for r in caplog.records) == 1
+    assert sum("Skipped 2 polygon(s)" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_unknown_source_is_refused(tmp_path):

@@ -56,6 +56,9 @@ DOWNLOAD_HINT = (
 )
 # Below this many files per process a pool costs more than it saves.
 FILES_PER_WORKER = 32
+# Pillow draws a polygon of 2 points or more (2 points, or collinear ones, as a line); fewer it
+# refuses, and cityscapesscripts' json2instanceImg fails on such a file. Those are skipped.
+MIN_POLYGON_POINTS = 2
 
 
 def _labels():
@@ -205,7 +208,7 @@ def _read_json(json_file):
 
 
 def _parse_polygons(json_file):
-    """(height, width, annotations, number of polygons skipped for having < 3 points)."""
+    """(height, width, annotations, number of polygons skipped for having too few points)."""
     height, width, objects = _read_json(json_file)
     name2label, _, contiguous = _label_tables()
     drawn = []  # (object number, label, is group, polygon), in drawing order
@@ -233,7 +236,7 @@ def _parse_polygons(json_file):
                 f"{json_file}: object #{number} ({obj['label']!r}) has no 'polygon' list of "
                 "[x, y] points."
             )
-        if len(polygon) < 3:
+        if len(polygon) < MIN_POLYGON_POINTS:
             skipped += 1
             continue
         drawn.append((number, label, is_group, polygon))
@@ -273,7 +276,7 @@ def _parse_polygons(json_file):
 def parse_polygons_json(json_file):
     """Instance annotations from a ``*_gtFine_polygons.json``, rasterised the official way.
 
-    Polygons with fewer than 3 points are skipped (see :func:`load_cityscapes_instances`).
+    Polygons with fewer than 2 points are skipped (see :func:`load_cityscapes_instances`).
 
     Returns:
         (height, width, annotations)
@@ -384,8 +387,9 @@ def load_cityscapes_instances(image_dir, gt_dir, source="polygons", *, cache=Tru
             0 parses in this process.
         progress: show a progress bar; None shows one on a terminal only.
 
-    Polygons with fewer than 3 points cannot be drawn: they are skipped and counted, and one
-    warning per load names how many and where.
+    Degenerate polygons (2 points, collinear or repeated points) are drawn as Pillow and
+    cityscapesscripts draw them, as lines; polygons with fewer than 2 points cannot be drawn:
+    they are skipped and counted, and one warning per load names how many and where.
     """
     if source not in SOURCES:
         raise DatasetError(f"Cityscapes annotation source must be 'polygons' or 'png', got {source!r}.")
@@ -403,13 +407,14 @@ def load_cityscapes_instances(image_dir, gt_dir, source="polygons", *, cache=Tru
         key = records_cache.fingerprint(
             [ann_file for _, ann_file in files],
             os.path.dirname(os.path.dirname(os.path.normpath(gt_dir))),
-            source=source, classes=CITYSCAPES_THING_CLASSES,
+            source=source, classes=CITYSCAPES_THING_CLASSES, min_polygon_points=MIN_POLYGON_POINTS,
         )
         records, meta, _ = records_cache.load_or_build(path, key, build, image_dir)
     if meta.get("skipped_polygons"):
         logger.warning(
-            f"Skipped {meta['skipped_polygons']} polygon(s) with fewer than 3 points in "
-            f"{meta['skipped_files']} file(s) of {gt_dir}, e.g. {meta['skipped_example']}."
+            f"Skipped {meta['skipped_polygons']} polygon(s) with fewer than {MIN_POLYGON_POINTS} "
+            f"points in {meta['skipped_files']} file(s) of {gt_dir}, e.g. "
+            f"{meta['skipped_example']} (cityscapesscripts cannot draw them either)."
         )
     logger.info(f"Loaded {len(records)} images from {image_dir}")
     return records

@@ -25,6 +25,7 @@ from .cityscapes import (
     CITYSCAPES_THING_CLASSES,
     DOWNLOAD_HINT,
     FILES_PER_WORKER,
+    MIN_POLYGON_POINTS,
     SPLITS,
     cache_file,
     cityscapes_files,
@@ -63,7 +64,7 @@ def present_splits(root=None):
 def _train_id_arrays(json_file):
     """(instanceTrainIds, labelTrainIds) arrays of one polygons file, drawn by cityscapesscripts.
 
-    Polygons with fewer than 3 points are left out, as the loader leaves them out.
+    Polygons too short to draw are left out, as the loader leaves them out.
     """
     from cityscapesscripts.helpers.annotation import Annotation
     from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
@@ -71,7 +72,8 @@ def _train_id_arrays(json_file):
 
     annotation = Annotation()
     annotation.fromJsonFile(json_file)
-    annotation.objects = [obj for obj in annotation.objects if len(obj.polygon) >= 3]
+    annotation.objects = [obj for obj in annotation.objects
+                          if len(obj.polygon) >= MIN_POLYGON_POINTS]
     instance = np.asarray(createInstanceImage(annotation, "trainIds"))
     label = np.asarray(createLabelImage(annotation, "trainIds"))
     return instance, label
