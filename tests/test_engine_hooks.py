@@ -1,6 +1,8 @@
 """Evaluation during training, best checkpoint, early stopping, validation loss, plots."""
 import json
+import math
 import os
+import zlib
 
 import pytest
 import torch
@@ -97,10 +99,10 @@ def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tm
     loader = FinetuneTrainer.build_val_loss_loader(cfg)
     images = sum(len(b) for b in loader)
     assert images == 2
-    torch.manual_seed(0)
     sums = {}
     with torch.no_grad(), EventStorage():
         for batch in loader:
+            torch.manual_seed(zlib.crc32(batch[0]["file_name"].encode()))  # seeded per image
             for k, v in model(batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
     manual = {"val_" + k: v / images for k, v in sums.items()}
@@ -137,23 +139,51 @@ def test_a_freeze_pattern_that_matches_nothing_is_an_error(tiny_cfg):
         FinetuneTrainer(tiny_cfg(**{"train.freeze": ["backbone.nothing*"]}))
 
 
-def test_bf16_autocast_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(output_dir=str(tmp_path / "run"),
-                   **{"train.amp.enabled": True, "train.amp.dtype": "bfloat16", "train.max_iter": 2,
-                      "lr_multiplier.steps": [1], "train.eval_period": 2})
+def _first_losses(tiny_cfg, out, **overrides):
+    """The losses of iteration 0 and the dtype of the convolutions' outputs during training and
+    during the evaluation at the end."""
+    cfg = tiny_cfg(output_dir=str(out), **{"train.max_iter": 2, "lr_multiplier.steps": [1],
+                                           "train.eval_period": 2, **overrides})
     trainer = FinetuneTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    seen = {}
+
+    def record_dtype(module, inputs, output):
+        seen.setdefault("train" if module.training else "eval", output.dtype)
+
+    handle = trainer.model.backbone.fpn_output2.register_forward_hook(record_dtype)
+    results = trainer.train()
+    handle.remove()
+    with open(out / "metrics.json") as f:
+        rows = [json.loads(line) for line in f if "total_loss" in line]
+    return trainer, rows, seen, results
+
+
+def test_bf16_autocast_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
+    """bfloat16 autocast on the CPU: the convolutions run in bfloat16 in training and in the
+    evaluation; the first iteration's losses (same weights, same batch) agree with float32's to
+    bfloat16's precision, and all are finite."""
+    trainer, bf16, seen, results = _first_losses(
+        tiny_cfg, tmp_path / "bf16", **{"train.amp.enabled": True, "train.amp.dtype": "bfloat16"})
     assert type(trainer._trainer).__name__ == "AutocastTrainer"
     assert trainer._trainer.precision == torch.bfloat16
     assert not trainer._trainer.grad_scaler.is_enabled()
-    trainer.resume_or_load(resume=False)
-    results = trainer.train()
-    assert results  # the evaluation at the end ran under autocast
-    with open(tmp_path / "run" / "metrics.json") as f:
-        losses = [json.loads(line)["total_loss"] for line in f if "total_loss" in line]
-    assert len(losses) == 2 and all(l == l and l < 100 for l in losses)
+    assert seen == {"train": torch.bfloat16, "eval": torch.bfloat16}
+    _, fp32, seen32, _ = _first_losses(tiny_cfg, tmp_path / "fp32", **{"train.amp.enabled": False})
+    assert seen32 == {"train": torch.float32, "eval": torch.float32}
+    assert [r["iteration"] for r in bf16] == [0, 1]
+    for name in ("loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"):
+        assert all(math.isfinite(r[name]) for r in bf16), name
+        assert bf16[0][name] == pytest.approx(fp32[0][name], rel=0.05, abs=2e-3), name
+    assert math.isfinite(results["cityscapes"]["AP"])
 
 
 def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
+    """The plots hold one point per logged iteration, with the logged values: every loss and
+    the LR at iterations 0-3, the metric at each evaluation (after iteration 1, and at the
+    end, logged at max_iter as detectron2 does)."""
+    from d2_finetune.engine.hooks import plot_metrics
+
     scripted_metric += [1.0, 2.0, 3.0, 4.0]
     out = tmp_path / "run"
     cfg = tiny_cfg(output_dir=str(out), **{"train.eval_period": 2})
@@ -163,7 +193,19 @@ def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
     for name in ("losses.png", "lr.png", "metrics.png"):
         with Image.open(out / "plots" / name) as im:
             im.verify()
-        assert os.path.getsize(out / "plots" / name) > 5000
+            assert im.size[0] > 400 and im.size[1] > 200
+    drawn = plot_metrics(str(out / "metrics.json"), str(tmp_path / "replot"))
+    with open(out / "metrics.json") as f:
+        rows = [json.loads(line) for line in f]
+    losses = {k for r in rows for k in r if "loss" in k}
+    assert losses == set(drawn["losses.png"]) and "total_loss" in losses
+    for key in losses:
+        xs, ys = drawn["losses.png"][key]
+        assert xs == [0, 1, 2, 3], key
+        assert ys == [r[key] for r in rows if key in r], key
+    assert drawn["lr.png"]["lr"][0] == [0, 1, 2, 3]
+    assert drawn["metrics.png"] == {"cityscapes/AP": ([1, 4], [1.0, 2.0]),
+                                    "cityscapes/AP50": ([1, 4], [0.0, 0.0])}
 
 
 def train_run(tiny_cfg, out, resume=False, **overrides):

@@ -55,27 +55,40 @@ def test_resume_continues_at_the_next_iteration(tiny_cfg, tmp_path):
 
 
 def test_without_resume_a_run_starts_from_init_checkpoint(tiny_cfg, tmp_path):
+    """A second run in the same folder without --resume starts from train.init_checkpoint's
+    weights at iteration 0, not from the first run's checkpoints."""
     out = str(tmp_path / "run")
     cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
     first = FinetuneTrainer(cfg)
     first.resume_or_load(resume=False)
     first.train()
+    trained = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
+    init = torch.load(cfg.train.init_checkpoint, weights_only=True)["model"]
     again = FinetuneTrainer(cfg)
     again.resume_or_load(resume=False)
     assert again.start_iter == 0
+    state = again.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in init.items())
+    assert any(not torch.equal(state[k], v) for k, v in trained.items())
 
 
 def test_eval_only_evaluates_a_fine_tuned_checkpoint(tiny_cfg, tmp_path):
+    """--eval-only of model_final.pth gives the results of the evaluation that ended training
+    (the same weights), metric by metric."""
     out = str(tmp_path / "run")
     cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
+    at_end = trainer.train()
     cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
                    **{"train.init_checkpoint": os.path.join(out, "model_final.pth")})
     results = FinetuneTrainer.evaluate_checkpoint(cfg)
-    flat = json.dumps(results)
-    assert "AP" in flat
+    assert set(results) == {"cityscapes", "coco/bbox", "coco/segm"}
+    assert json.dumps(results, sort_keys=True) == json.dumps(at_end, sort_keys=True)
+    with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
+        predictions = json.load(f)
+    with open(tmp_path / "eval" / "inference" / "coco_instances_results.json") as f:
+        assert json.load(f) == predictions and predictions
 
 
 def test_evaluating_in_a_training_output_dir_keeps_its_transfer_record(tiny_cfg, tmp_path):
