@@ -36,7 +36,10 @@ from d2_finetune.checkpoint import (
 )
 from d2_finetune.config import load_config
 from d2_finetune.data import CITYSCAPES_THING_CLASSES
-from d2_finetune.engine import FinetuneTrainer
+from d2_finetune.data.kitti import COCO_SYNONYMS as KITTI_SYNONYMS
+from d2_finetune.data.voc import COCO_SYNONYMS as VOC_SYNONYMS
+from d2_finetune.engine import load_for_inference
+from d2_finetune.engine.weights import build_checkpointer
 from d2_finetune.errors import CheckpointError, ConfigError
 
 from conftest import DEMO_CONFIG, REPO, tiny_overrides
@@ -589,23 +592,24 @@ def test_resume_from_a_checkpoint_of_other_classes_is_refused(coco, tmp_path):
             "", resume=True)
 
 
-def test_trainer_builds_the_checkpointer_from_the_config(tiny_cfg):
+def test_the_checkpointer_is_built_from_the_config(tiny_cfg):
     cfg = tiny_cfg()
-    checkpointer = FinetuneTrainer.build_checkpointer(cfg, nn.Linear(2, 2))
+    checkpointer = build_checkpointer(cfg, nn.Linear(2, 2))
     assert checkpointer.target_classes == CITY
     assert checkpointer.class_map == "auto" and checkpointer.strict is True
+    assert checkpointer.class_synonyms == {}  # Cityscapes' names are COCO's
     cfg = tiny_cfg(**{"train.strict_transfer": False})
     cfg.train.class_map = {"rider": "person"}
-    checkpointer = FinetuneTrainer.build_checkpointer(cfg, nn.Linear(2, 2))
+    checkpointer = build_checkpointer(cfg, nn.Linear(2, 2))
     assert checkpointer.class_map == {"rider": "person"} and checkpointer.strict is False
     cfg = tiny_cfg(**{"train.class_map": None})
-    assert FinetuneTrainer.build_checkpointer(cfg, nn.Linear(2, 2)).class_map is None
+    assert build_checkpointer(cfg, nn.Linear(2, 2)).class_map is None
 
 
 def test_eval_only_guard(coco, tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg(**{"train.init_checkpoint": coco["pkl"]})
     with pytest.raises(CheckpointError) as error:
-        FinetuneTrainer.evaluate_checkpoint(cfg)
+        load_for_inference(cfg)
     text = str(error.value)
     assert f"{coco['pkl']} does not fit this model" in text
     assert "classes without a source: rider" in text and "random head" in text
@@ -613,13 +617,10 @@ def test_eval_only_guard(coco, tiny_cfg, tmp_path, monkeypatch):
     model = build()
     own = FinetuneCheckpointer(model, str(tmp_path), target_classes=CITY)
     own.save("model_final")
-    evaluated = {}
-    monkeypatch.setattr(FinetuneTrainer, "test",
-                        classmethod(lambda cls, cfg, m: evaluated.setdefault("model", m)))
     cfg = tiny_cfg(**{"train.init_checkpoint": str(tmp_path / "model_final.pth")})
-    FinetuneTrainer.evaluate_checkpoint(cfg)
+    loaded = load_for_inference(cfg)
     for key, value in model.state_dict().items():
-        assert torch.equal(evaluated["model"].state_dict()[key], value)
+        assert torch.equal(loaded.state_dict()[key], value)
 
 
 def test_eval_only_command_line_stops_with_a_clear_error(coco, cityscapes_root, tmp_path):
@@ -642,18 +643,21 @@ def test_match_classes_pascal_voc_and_kitti():
     voc_in_coco = ["airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                    "cow", "dining table", "dog", "horse", "motorcycle", "person", "potted plant",
                    "sheep", "couch", "train", "tv"]
-    assert [COCO[i] for i in match_classes(voc, COCO)] == voc_in_coco
+    assert [COCO[i] for i in match_classes(voc, COCO, synonyms=VOC_SYNONYMS)] == voc_in_coco
 
     kitti = ["Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",
              "DontCare"]
-    matched = [COCO[i] if i is not None else None for i in match_classes(kitti, COCO)]
+    matched = [COCO[i] if i is not None else None
+               for i in match_classes(kitti, COCO, synonyms=KITTI_SYNONYMS)]
     assert matched == ["car", "car", "truck", "person", "person", "bicycle", "train", None, None]
 
-    assert match_classes(["MotorBike", "potted_plant", "Rider"], COCO) == [
+    assert match_classes(["MotorBike", "potted_plant", "Rider"], COCO, synonyms=VOC_SYNONYMS) == [
         COCO.index("motorcycle"), COCO.index("potted plant"), None]
     # A checkpoint with VOC's names gives them to a model with COCO's spelling.
-    assert match_classes(["motorcycle", "couch"], voc) == [voc.index("motorbike"),
-                                                          voc.index("sofa")]
+    assert match_classes(["motorcycle", "couch"], voc, synonyms=VOC_SYNONYMS) == [
+        voc.index("motorbike"), voc.index("sofa")]
+    # Without synonyms (the checkpointer knows no dataset), names must agree.
+    assert match_classes(["aeroplane", "person"], COCO) == [None, COCO.index("person")]
 
 
 class _Cascade(nn.Module):

@@ -27,6 +27,8 @@ from filelock import FileLock
 
 from detectron2.structures import BoxMode
 
+from ..fileio import atomic_write
+
 __all__ = [
     "FORMAT_VERSION",
     "ENV_CACHE_DIR",
@@ -152,10 +154,7 @@ def save_records(path, key, records, image_dir, meta=None):
         "rle": counts,
         "rle_offsets": count_offsets,
     }
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_records(path, key, image_dir):

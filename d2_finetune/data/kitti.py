@@ -25,8 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
-from .cityscapes import dataset_root
-from .common import registered_as
+from .common import dataset_root, registered_as
 
 __all__ = [
     "KITTI_CLASSES",
@@ -41,6 +40,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 KITTI_CLASSES = ["Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram"]
+# KITTI's classes matched to the COCO class that looks the same in a box, for a COCO
+# checkpoint's rows (the datasets' class_synonyms): a van is a car to COCO, a tram runs on rails
+# like a train, a sitting person is a person. A "Cyclist" box covers the rider and the bicycle;
+# it starts from COCO's bicycle, the part that tells a cyclist from a pedestrian (which starts
+# from person), so the two classes start apart; its boxes also cover the rider, which
+# fine-tuning of the 4 box rows learns.
+COCO_SYNONYMS = {
+    "pedestrian": "person",
+    "person sitting": "person",
+    "van": "car",
+    "cyclist": "bicycle",
+    "tram": "train",
+}
 KITTI_IGNORE_TYPES = ("Misc", "DontCare")
 SPLITS = ("train", "val", "trainval")
 DATASET_NAME = "kitti_ft_{}"
@@ -246,6 +258,7 @@ def register_kitti(root=None, val_fraction=0.2, seed=0, split_dir=None):
         )
         MetadataCatalog.get(name).set(
             thing_classes=list(KITTI_CLASSES),
+            class_synonyms=dict(COCO_SYNONYMS),
             image_dir=image_dir,
             label_dir=label_dir,
             split=split,

@@ -13,12 +13,21 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES, load_voc_instances
 
 from ..errors import DatasetError
-from .cityscapes import dataset_root
-from .common import registered_as
+from .common import dataset_root, registered_as
 
 __all__ = ["VOC_CLASSES", "VOC_SPLITS", "register_voc", "load_voc"]
 
 VOC_CLASSES = list(CLASS_NAMES)
+# How Pascal VOC spells six COCO classes: a COCO checkpoint's rows for them carry over
+# (the datasets' class_synonyms, read by the checkpointer's class match).
+COCO_SYNONYMS = {
+    "aeroplane": "airplane",
+    "motorbike": "motorcycle",
+    "sofa": "couch",
+    "tvmonitor": "tv",
+    "diningtable": "dining table",
+    "pottedplant": "potted plant",
+}
 
 # dataset name -> (year, image set of ImageSets/Main)
 VOC_SPLITS = {
@@ -113,6 +122,7 @@ def register_voc(root=None, names=None):
         DatasetCatalog.register(name, functools.partial(load_voc, dirname, split))
         MetadataCatalog.get(name).set(
             thing_classes=list(VOC_CLASSES),
+            class_synonyms=dict(COCO_SYNONYMS),
             dirname=dirname,
             year=year,
             split=split,
