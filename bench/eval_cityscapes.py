@@ -26,7 +26,7 @@ from detectron2.evaluation import CityscapesInstanceEvaluator as DetectronEvalua
 from detectron2.structures import Instances
 
 from d2_finetune.data.cityscapes import CITYSCAPES_THING_CLASSES
-from d2_finetune.data.synthetic import write_uint16_png
+from d2_finetune.data.common import write_uint16_png
 from d2_finetune.evaluation import CityscapesInstanceEvaluator
 
 WIDTH, HEIGHT = 2048, 1024

@@ -101,7 +101,7 @@ def main():
     from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
     from d2_finetune.data.mapper import DatasetMapper
-    from d2_finetune.data.synthetic import make_cityscapes
+    from d2_finetune.demo.synthetic import make_cityscapes
 
     root = os.path.abspath(args.work_dir)
     image_dir = os.path.join(root, "cityscapes", "leftImg8bit", "train")

@@ -51,7 +51,7 @@ def main():
     from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
     from d2_finetune.data.mapper import DatasetMapper, read_image
-    from d2_finetune.data.synthetic import make_cityscapes_parallel
+    from d2_finetune.demo.synthetic import make_cityscapes_parallel
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

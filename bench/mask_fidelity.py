@@ -20,7 +20,7 @@ from tabulate import tabulate
 from detectron2.data.datasets.cityscapes import load_cityscapes_instances as stock_load
 
 from d2_finetune.data import cityscapes as cs
-from d2_finetune.data.synthetic import make_cityscapes
+from d2_finetune.demo.synthetic import make_cityscapes
 
 
 def official_instances(record):

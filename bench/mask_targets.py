@@ -50,7 +50,7 @@ def main():
 
     from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
-    from d2_finetune.data.synthetic import make_cityscapes_parallel
+    from d2_finetune.demo.synthetic import make_cityscapes_parallel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = os.path.abspath(args.work_dir)

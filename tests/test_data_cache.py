@@ -10,7 +10,7 @@ import pytest
 
 from d2_finetune.data import cache
 from d2_finetune.data import cityscapes as cs
-from d2_finetune.data.synthetic import make_cityscapes
+from d2_finetune.demo.synthetic import make_cityscapes
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, DatasetFromList, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from d2_finetune.data import cityscapes as cs
-from d2_finetune.data.synthetic import make_cityscapes
+from d2_finetune.demo.synthetic import make_cityscapes
 from d2_finetune.errors import DatasetError
 
 CLASSES = cs.CITYSCAPES_THING_CLASSES

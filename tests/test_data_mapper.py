@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from d2_finetune.config import load_config
 from d2_finetune.data.cityscapes import load_cityscapes_instances
 from d2_finetune.data.mapper import DatasetMapper, read_image
-from d2_finetune.data.synthetic import make_coco
+from d2_finetune.demo.synthetic import make_coco
 from d2_finetune.errors import DatasetError
 from d2_finetune.structures import CroppedMasks
 

@@ -6,7 +6,7 @@ import pycocotools.mask as mask_util
 from PIL import Image
 
 from d2_finetune.data.cityscapes import parse_instance_png, parse_polygons_json
-from d2_finetune.data.synthetic import make_cityscapes, make_coco
+from d2_finetune.demo.synthetic import make_cityscapes, make_coco
 
 
 def test_cityscapes_layout_and_exact_rasterisation(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 
-from d2_finetune.data.synthetic import write_uint16_png
+from d2_finetune.data.common import write_uint16_png
 from d2_finetune.errors import ConfigError, DatasetError
 from d2_finetune.evaluation import (
     CityscapesInstanceEvaluator,

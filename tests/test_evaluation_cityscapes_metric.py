@@ -90,7 +90,7 @@ def test_bad_arguments_are_refused():
 def test_ground_truth_is_read_with_the_values_pil_gives(tmp_path):
     from PIL import Image
 
-    from d2_finetune.data.synthetic import write_uint16_png
+    from d2_finetune.data.common import write_uint16_png
     from d2_finetune.evaluation.cityscapes_metric import read_instance_ids
 
     rng = np.random.default_rng(0)

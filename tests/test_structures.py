@@ -5,7 +5,7 @@ from PIL import Image, ImageDraw
 
 from detectron2.structures import BitMasks
 
-from d2_finetune.data.synthetic import _shape_polygon
+from d2_finetune.demo.synthetic.drawing import shape_polygon
 from d2_finetune.structures import CroppedMasks
 
 
@@ -15,7 +15,7 @@ def random_masks(rng, n, height, width):
         im = Image.new("L", (width, height), 0)
         w, h = rng.uniform(3, width * 0.6), rng.uniform(3, height * 0.6)
         # Centres anywhere, so masks also touch and cross the image edges.
-        poly = _shape_polygon(["ellipse", "rect", "triangle"][i % 3], rng.uniform(0, width),
+        poly = shape_polygon(["ellipse", "rect", "triangle"][i % 3], rng.uniform(0, width),
                               rng.uniform(0, height), w, h)
         ImageDraw.Draw(im).polygon([tuple(p) for p in poly], fill=1)
         masks[i] = np.asarray(im) > 0

@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
-from .common import registered_as
+from .common import dataset_root, registered_as
 from . import cache as records_cache
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "cityscapes_files",
     "cityscapes_split_dirs",
     "cache_file",
-    "dataset_root",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,11 +72,6 @@ def _label_tables():
     id2label = {lb.id: lb for lb in labels}
     contiguous = {name: i for i, name in enumerate(CITYSCAPES_THING_CLASSES)}
     return name2label, id2label, contiguous
-
-
-def dataset_root(root=None):
-    """``root``, else ``$DETECTRON2_DATASETS``, else ``./datasets``."""
-    return root or os.environ.get("DETECTRON2_DATASETS") or "datasets"
 
 
 def cityscapes_split_dirs(root, split):

@@ -11,7 +11,6 @@
    "cannot write mode I as PNG" on current Pillow.
 4. Prints images per split, instances per class and crowd regions.
 """
-import argparse
 import logging
 import multiprocessing as mp
 import os
@@ -30,12 +29,11 @@ from .cityscapes import (
     cache_file,
     cityscapes_files,
     cityscapes_split_dirs,
-    dataset_root,
     load_cityscapes_instances,
 )
-from .synthetic import write_uint16_png
+from .common import dataset_root, write_uint16_png
 
-__all__ = ["present_splits", "write_train_id_images", "summary_table", "prepare_cityscapes", "main"]
+__all__ = ["present_splits", "write_train_id_images", "summary_table", "prepare_cityscapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,27 +147,3 @@ def prepare_cityscapes(root=None, train_ids=False, cache_dir=None, num_workers=N
             write_train_id_images(json_files, num_workers=num_workers, progress=progress)
             print(f"{split}: wrote *_instanceTrainIds.png and *_labelTrainIds.png in {gt_dir}")
     return records_by_split
-
-
-def main(argv=None):
-    from detectron2.utils.logger import setup_logger
-
-    from ..engine.cli import user_errors
-
-    parser = argparse.ArgumentParser(
-        description="Check a Cityscapes download, build its annotation cache and summarise it."
-    )
-    parser.add_argument("--root", help="folder holding cityscapes/ (default: $DETECTRON2_DATASETS "
-                        "or ./datasets)")
-    parser.add_argument("--train-ids", action="store_true",
-                        help="also write *_instanceTrainIds.png and *_labelTrainIds.png")
-    parser.add_argument("--cache-dir", help="cache folder (default: $D2FT_CACHE_DIR, else next to "
-                        "the data, else ~/.cache/d2_finetune)")
-    parser.add_argument("--num-workers", type=int, help="parsing processes (default: automatic)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
-    args = parser.parse_args(argv)
-    setup_logger(name="d2_finetune", abbrev_name="d2ft").setLevel(logging.INFO)
-    with user_errors(args.debug):
-        records_by_split = prepare_cityscapes(args.root, args.train_ids, args.cache_dir,
-                                              args.num_workers)
-        print(summary_table(records_by_split))

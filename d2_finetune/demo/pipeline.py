@@ -1,4 +1,5 @@
-"""``make demo``: the whole fine-tuning recipe offline, on data and weights it makes itself.
+"""``make demo`` (``scripts/demo.py``): the whole fine-tuning recipe offline, on data and weights it
+makes itself.
 
 No Cityscapes and no COCO weights can be downloaded here, so the demo makes honest stand-ins:
 
@@ -16,23 +17,37 @@ import pickle
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .config import load_config
-from .data import register_datasets
-from .data.synthetic import make_cityscapes, make_coco
-from .engine import FinetuneTrainer, resolve_device
-from .modeling import calibrate_frozen_bn
+from ..data.loaders import build_train_loader
+from ..engine.resolve import prepare_config
+from ..engine.weights import load_for_inference
+from ..modeling import build_model, calibrate_frozen_bn
+from ..predict import Predictor, list_images, predict_images
+from .synthetic import make_cityscapes, make_coco
 
-__all__ = ["run_demo", "save_model_zoo_pkl"]
+__all__ = [
+    "DemoFiles",
+    "demo_paths",
+    "make_calibrated_init",
+    "run_demo",
+    "run_train_net",
+    "save_model_zoo_pkl",
+    "standin_overrides",
+]
 
 logger = logging.getLogger(__name__)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDIN_CONFIG = os.path.join(REPO, "configs", "demo", "coco_standin.py")
-FINETUNE_CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
-TRAIN_NET = os.path.join(REPO, "scripts", "train_net.py")
+
+@dataclass(frozen=True)
+class DemoFiles:
+    """What the demo runs: the repository's configs and training script."""
+
+    standin_config: str  # configs/demo/coco_standin.py
+    finetune_config: str  # configs/demo/cityscapes_demo.py
+    train_net: str  # scripts/train_net.py
 
 
 def save_model_zoo_pkl(pth_file, pkl_file, author):
@@ -51,13 +66,13 @@ def _banner(text):
     print(f"\n{'=' * 78}\n{text}\n{'=' * 78}", flush=True)
 
 
-def _train_net(config, overrides):
-    cmd = [sys.executable, TRAIN_NET, "--config-file", config, *overrides]
+def run_train_net(train_net, config, overrides):
+    cmd = [sys.executable, train_net, "--config-file", config, *overrides]
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
 
-def _paths(output_dir):
+def demo_paths(output_dir):
     data = os.path.join(output_dir, "datasets")
     return {
         "data": data,
@@ -68,7 +83,7 @@ def _paths(output_dir):
     }
 
 
-def _standin_overrides(p):
+def standin_overrides(p):
     coco = p["coco"]
     return [
         f"dataloader.register.0.json_file={coco}/train/annotations.json",
@@ -82,21 +97,21 @@ def _standin_overrides(p):
 
 def make_calibrated_init(config, overrides, out_file):
     """A random-init model of ``config`` with FrozenBN statistics calibrated on a training batch."""
-    cfg = resolve_device(load_config(config, overrides))
-    register_datasets(cfg)
+    cfg = prepare_config(config, overrides)
     torch.manual_seed(cfg.train.seed if cfg.train.seed >= 0 else 0)
-    model = FinetuneTrainer.build_model(cfg)
-    batch = next(iter(FinetuneTrainer.build_train_loader(cfg)))
+    model = build_model(cfg)
+    batch = next(iter(build_train_loader(cfg)[0]))
     count = calibrate_frozen_bn(model, batch)
     os.makedirs(os.path.dirname(out_file), exist_ok=True)
     torch.save({"model": model.state_dict()}, out_file)
     print(f"Calibrated {count} FrozenBN layers of a random init -> {out_file}", flush=True)
 
 
-def run_demo(output_dir="output/demo", num_train=60, num_val=20, predictions=4):
+def run_demo(files, output_dir="output/demo", num_train=60, num_val=20, predictions=4):
+    """The four steps; ``files``: a :class:`DemoFiles`."""
     start = time.time()
     output_dir = os.path.abspath(output_dir)
-    p = _paths(output_dir)
+    p = demo_paths(output_dir)
 
     _banner("1/4  Synthetic data: Cityscapes gtFine layout + COCO-format with COCO's 80 classes")
     make_cityscapes(p["data"], {"train": num_train, "val": num_val}, seed=0)
@@ -106,9 +121,9 @@ def run_demo(output_dir="output/demo", num_train=60, num_val=20, predictions=4):
     print(f"COCO format:       {p['coco']} ({3 * num_train} train, {num_val} val images)")
 
     _banner("2/4  Stand-in for the COCO-pretrained Mask R-CNN (offline: no model zoo download)")
-    standin = _standin_overrides(p)
-    make_calibrated_init(STANDIN_CONFIG, standin, os.path.join(p["standin"], "init.pth"))
-    _train_net(STANDIN_CONFIG, standin)
+    standin = standin_overrides(p)
+    make_calibrated_init(files.standin_config, standin, os.path.join(p["standin"], "init.pth"))
+    run_train_net(files.train_net, files.standin_config, standin)
     pkl = os.path.join(p["standin"], "model_final.pkl")
     save_model_zoo_pkl(
         os.path.join(p["standin"], "model_final.pth"), pkl, author="d2_finetune demo COCO stand-in"
@@ -121,15 +136,13 @@ def run_demo(output_dir="output/demo", num_train=60, num_val=20, predictions=4):
         f"train.init_checkpoint={pkl}",
         f"train.output_dir={p['finetune']}",
     ]
-    _train_net(FINETUNE_CONFIG, finetune)
+    run_train_net(files.train_net, files.finetune_config, finetune)
 
     _banner("4/4  Prediction pictures")
-    cfg = resolve_device(load_config(FINETUNE_CONFIG, finetune))
-    register_datasets(cfg)
-    from .predict import Predictor, list_images, predict_images
-
-    cfg.train.init_checkpoint = os.path.join(p["finetune"], "model_final.pth")
-    model = FinetuneTrainer.load_for_inference(cfg)
+    weights = os.path.join(p["finetune"], "model_final.pth")
+    cfg = prepare_config(files.finetune_config, finetune, training=False,
+                         settings={"train.init_checkpoint": weights})
+    model = load_for_inference(cfg)
     images = list_images(os.path.join(p["data"], "cityscapes", "leftImg8bit", "val"))[:predictions]
     predict_images(Predictor(cfg, model), images, p["predictions"], "cityscapes_ft_instance_val")
     print(f"Wrote {len(images)} pictures and JSON files to {p['predictions']}")
