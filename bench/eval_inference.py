@@ -4,7 +4,7 @@
 Times the whole inference loop (test loader, model, postprocessing; the evaluator itself
 excluded) over generated 2048x1024 Cityscapes-layout val images with the R50-FPN of
 ``configs/cityscapes_ft.py``: detectron2's stock test loader at batch 1 in float32, then our
-path (``FinetuneTrainer.test``) at batch 1 and batch N, in float32 and with AMP. All runs load
+path (``d2_finetune.engine.evaluate``) at batch 1 and batch N, in float32 and with AMP. All runs load
 the same weights, in one process, after a warm-up pass; the stock row runs them in detectron2's
 NCHW layout, ours in channels-last (``train.channels_last``).
 
@@ -54,11 +54,10 @@ def main():
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
 
-    from d2_finetune.config import load_config
-    from d2_finetune.data import register_datasets
-    from d2_finetune.data.synthetic import make_cityscapes, make_cityscapes_parallel
+    from d2_finetune.data.loaders import build_test_loader
     from d2_finetune.demo import make_calibrated_init
-    from d2_finetune.engine import FinetuneTrainer, resolve_device
+    from d2_finetune.demo.synthetic import make_cityscapes, make_cityscapes_parallel
+    from d2_finetune.engine import autocast_context, load_for_inference, prepare_config
     from detectron2.evaluation import inference_on_dataset
     from tabulate import tabulate
 
@@ -79,12 +78,10 @@ def main():
     def cfg_for(batch, amp, channels_last=True):
         overrides = base + [f"train.init_checkpoint={init}", f"dataloader.test.batch_size={batch}",
                             f"train.amp.enabled={amp}", f"train.channels_last={channels_last}"]
-        cfg = resolve_device(load_config(config, overrides))
-        register_datasets(cfg)
-        return cfg
+        return prepare_config(config, overrides, training=False)
 
-    model = FinetuneTrainer.load_for_inference(cfg_for(1, False))
-    stock_model = FinetuneTrainer.load_for_inference(cfg_for(1, False, channels_last=False))
+    model = load_for_inference(cfg_for(1, False))
+    stock_model = load_for_inference(cfg_for(1, False, channels_last=False))
 
     # detectron2's own test loader for this dataset, as DefaultTrainer builds it from yacs.
     from detectron2.config import get_cfg
@@ -97,8 +94,6 @@ def main():
         yacs.INPUT.MIN_SIZE_TEST, yacs.INPUT.MAX_SIZE_TEST = 128, 256
     stock_loader = DefaultTrainer.build_test_loader(yacs, "cityscapes_ft_instance_val")
 
-    from d2_finetune.engine import autocast_context
-
     def run(loader, amp, net=model):
         """Inference over ``loader`` (built beforehand, as for every path) under AMP or not."""
         c = cfg_for(1, amp)
@@ -109,8 +104,8 @@ def main():
 
         return go
 
-    ours_one = FinetuneTrainer.build_test_loader(cfg_for(1, False))
-    ours_batched = FinetuneTrainer.build_test_loader(cfg_for(args.batch, False))
+    ours_one = build_test_loader(cfg_for(1, False))
+    ours_batched = build_test_loader(cfg_for(args.batch, False))
     run(ours_batched, True)()  # warm-up: kernels, allocator
     run(ours_one, False, stock_model)()
     rows = []

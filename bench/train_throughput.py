@@ -47,7 +47,7 @@ def generate(root, num_images, size, unique):
     image_dir = os.path.join(root, "cityscapes", "leftImg8bit", "train")
     if os.path.isdir(image_dir) and sum(len(f) for _, _, f in os.walk(image_dir)) >= num_images:
         return
-    from d2_finetune.data.synthetic import make_cityscapes, make_cityscapes_parallel
+    from d2_finetune.demo.synthetic import make_cityscapes, make_cityscapes_parallel
 
     make_cityscapes_parallel(root, "train", min(unique, num_images), size=size)
     # A small val split: the config names one for evaluation (not run here).
@@ -174,6 +174,7 @@ def run_ours(args):
         f"dataloader.register.root={args.root}",
         f"train.init_checkpoint={args.init}",
         f"train.output_dir={args.output}",
+        "train.epochs=null",  # the recipe's schedule in epochs gives way to an iteration count
         f"train.max_iter={args.iters}",
         f"lr_multiplier.steps=[{args.iters - 1}]",
         f"lr_multiplier.warmup_iters={min(500, args.iters)}",
@@ -195,12 +196,11 @@ def run_ours(args):
     else:  # train_net.main's steps, with a profiling hook or a fixed batch
         import itertools
 
-        from d2_finetune.data import register_datasets
-        from d2_finetune.engine import FinetuneTrainer, load, setup
+        from d2_finetune.engine import FinetuneTrainer, load, resolve_config, setup
 
         cfg = load(cli)
         setup(cfg, cli)
-        register_datasets(cfg)
+        resolve_config(cfg)
         trainer = FinetuneTrainer(cfg)
         if args.profile:
             first = max(args.iters - 6, 0)
@@ -210,10 +210,9 @@ def run_ours(args):
             trainer._trainer.data_loader = itertools.repeat(next(iter(trainer.data_loader)))
         trainer.resume_or_load(resume=False)
         trainer.train()
-    from d2_finetune.config import load_config
-    from d2_finetune.engine.trainer import with_workers
+    from d2_finetune.engine import prepare_config
 
-    return with_workers(load_config(config, overrides + args.extra).dataloader.train).num_workers
+    return prepare_config(config, overrides + args.extra, training=False).dataloader.train.num_workers
 
 
 def child(args):

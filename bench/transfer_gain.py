@@ -25,21 +25,22 @@ import time
 
 from detectron2.evaluation.testing import flatten_results_dict
 
-from d2_finetune.checkpoint import FinetuneCheckpointer
-from d2_finetune.config import load_config
-from d2_finetune.data import register_datasets
-from d2_finetune.data.synthetic import make_cityscapes, make_coco
 from d2_finetune.demo import (
-    FINETUNE_CONFIG,
-    STANDIN_CONFIG,
-    _paths,
-    _standin_overrides,
-    _train_net,
+    demo_paths,
     make_calibrated_init,
+    run_train_net,
     save_model_zoo_pkl,
+    standin_overrides,
 )
-from d2_finetune.engine import FinetuneTrainer, resolve_device
-from d2_finetune.engine.trainer import train_classes
+from d2_finetune.demo.synthetic import make_cityscapes, make_coco
+from d2_finetune.engine import evaluate, prepare_config
+from d2_finetune.engine.weights import build_checkpointer
+from d2_finetune.modeling import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDIN_CONFIG = os.path.join(REPO, "configs", "demo", "coco_standin.py")
+FINETUNE_CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
+TRAIN_NET = os.path.join(REPO, "scripts", "train_net.py")
 
 MODES = {"transplant": "auto", "re-initialised": None}
 SIZE = (256, 128)
@@ -61,14 +62,14 @@ def make_data(p, num_train, num_val):
 
 def make_standin(p, standin_iters):
     """Step 2: the demo's stand-in COCO checkpoint, in model-zoo .pkl format."""
-    overrides = _standin_overrides(p) + HALF_RESOLUTION + [
+    overrides = standin_overrides(p) + HALF_RESOLUTION + [
         f"train.max_iter={standin_iters}",
         f"lr_multiplier.steps=[{standin_iters * 5 // 6}]",
         f"lr_multiplier.warmup_iters={min(50, standin_iters // 4)}",
         f"train.eval_period={standin_iters}",
     ]
     make_calibrated_init(STANDIN_CONFIG, overrides, os.path.join(p["standin"], "init.pth"))
-    _train_net(STANDIN_CONFIG, overrides)
+    run_train_net(TRAIN_NET, STANDIN_CONFIG, overrides)
     pkl = os.path.join(p["standin"], "model_final.pkl")
     save_model_zoo_pkl(os.path.join(p["standin"], "model_final.pth"), pkl,
                        author="d2_finetune transfer bench COCO stand-in")
@@ -92,12 +93,10 @@ def finetune_overrides(p, pkl, mode, iters, eval_period):
 
 def ap_before_training(overrides):
     """Mask AP of the freshly loaded model (iteration 0); the eval-only guard does not apply."""
-    cfg = resolve_device(load_config(FINETUNE_CONFIG, overrides))
-    register_datasets(cfg)
-    model = FinetuneTrainer.build_model(cfg)
-    FinetuneCheckpointer(model, target_classes=train_classes(cfg),
-                         class_map=cfg.train.class_map).load(cfg.train.init_checkpoint)
-    return mask_ap(flatten_results_dict(FinetuneTrainer.test(cfg, model)))
+    cfg = prepare_config(FINETUNE_CONFIG, overrides, training=False)
+    model = build_model(cfg)
+    build_checkpointer(cfg, model, record_name="bench_transfer.json").load(cfg.train.init_checkpoint)
+    return mask_ap(flatten_results_dict(evaluate(cfg, model)))
 
 
 def mask_ap(flat):
@@ -139,7 +138,7 @@ def main():
     start = time.time()
     output_dir = os.path.abspath(args.output_dir)
     pkl = os.path.abspath(args.standin) if args.standin else None
-    p = _paths(output_dir)
+    p = demo_paths(output_dir)
     make_data(p, args.num_train, args.num_val)
     if pkl is None:
         pkl = make_standin(p, args.standin_iters)
@@ -149,7 +148,7 @@ def main():
     for mode in MODES:
         overrides = finetune_overrides(p, pkl, mode, args.iters, args.eval_period)
         curves[mode] = {0: ap_before_training(overrides)}
-        _train_net(FINETUNE_CONFIG, overrides)
+        run_train_net(TRAIN_NET, FINETUNE_CONFIG, overrides)
         curves[mode].update(ap_during_training(os.path.join(p["finetune"], mode), args.iters))
 
     iterations = sorted(set().union(*curves.values()))

@@ -299,10 +299,15 @@ def _coerce(node, last, value, key, text):
         ok = isinstance(value, bool)
         want = "true or false"
     elif isinstance(current, int):
+        from .solver import PERIOD_KEYS, epochs_in
+
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
         want = "an integer"
+        if key in PERIOD_KEYS:
+            ok = ok or epochs_in(value) is not None
+            want = "an integer or a number of epochs, e.g. '2 epochs'"
     elif isinstance(current, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value

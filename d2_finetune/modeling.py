@@ -1,9 +1,25 @@
-"""Model utilities for training without an ImageNet-pretrained backbone."""
+"""Building a config's model, and starting one without an ImageNet-pretrained backbone."""
+import logging
+
 import torch
 
+from detectron2.config import instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
-__all__ = ["calibrate_frozen_bn"]
+__all__ = ["build_model", "calibrate_frozen_bn"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(cfg):
+    """The model of a resolved config (see :mod:`d2_finetune.engine.resolve`), on
+    ``train.device``, its convolutions in NHWC with ``train.channels_last``; random weights."""
+    model = instantiate(cfg.model)
+    model.to(torch.device(cfg.train.device))
+    if cfg.train.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    logger.info(f"Model:\n{model}")
+    return model
 
 
 @torch.no_grad()

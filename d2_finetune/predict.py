@@ -14,9 +14,8 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .config import load_config
-from .engine.cli import resolve_device
-from .engine.trainer import FinetuneTrainer
+from .engine.resolve import prepare_config
+from .engine.weights import load_for_inference
 from .errors import UserError
 
 __all__ = ["Predictor", "predict_images", "list_images", "instances_to_json", "run_predict"]
@@ -126,17 +125,16 @@ def predict_images(predictor, paths, output_dir, metadata_name, confidence=0.5, 
     return written
 
 
-def run_predict(args, register):
+def run_predict(args):
     """``scripts/predict.py``: load the config and weights (``train.init_checkpoint``), predict."""
     setup_logger(name="d2_finetune")
     if not 0 <= args.confidence <= 1:
         raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}.")
     paths = list_images(args.input)
-    cfg = resolve_device(load_config(args.config_file, args.opts))
-    register(cfg)
     # The record of the weights loaded (inference_weights.json) goes beside the predictions.
-    cfg.train.output_dir = args.output
-    model = FinetuneTrainer.load_for_inference(cfg)
+    cfg = prepare_config(args.config_file, args.opts, training=False,
+                         settings={"train.output_dir": args.output})
+    model = load_for_inference(cfg)
     dataset = cfg.dataloader.test.dataset.names
     dataset = dataset if isinstance(dataset, str) else dataset[0]
     root = args.input if os.path.isdir(args.input) else None

@@ -4,7 +4,6 @@
     python scripts/predict.py --config-file configs/cityscapes_ft.py --input img.png|folder \
         --output out/ [--confidence 0.5] train.init_checkpoint=output/model_final.pth
 """
-from d2_finetune.data import register_datasets
 from d2_finetune.engine import argument_parser, user_errors
 from d2_finetune.predict import run_predict
 
@@ -16,7 +15,7 @@ def main():
     parser.add_argument("--confidence", type=float, default=0.5, help="minimum score to show")
     args = parser.parse_args()
     with user_errors(args.debug):
-        run_predict(args, register_datasets)
+        run_predict(args)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,16 @@
         [--num-machines M --machine-rank R --dist-url URL] [--resume] [--eval-only] \
         [key=value ...]
 """
-from d2_finetune.data import register_datasets
+from detectron2.utils import comm
+
 from d2_finetune.engine import (
     FinetuneTrainer,
     argument_parser,
+    evaluate,
     launch,
     load,
+    load_for_inference,
+    resolve_config,
     setup,
     startup_guard,
     user_errors,
@@ -22,14 +26,14 @@ def main(args):
         cfg = load(args)
         with startup_guard(cfg.train.output_dir):  # a failed start leaves no files behind
             setup(cfg, args)
-            register_datasets(cfg)
+            resolve_config(cfg, world_size=comm.get_world_size(), training=not args.eval_only)
             if args.eval_only:
-                model = FinetuneTrainer.load_for_inference(cfg)
+                model = load_for_inference(cfg)
             else:
                 trainer = FinetuneTrainer(cfg)
                 trainer.resume_or_load(resume=args.resume)
         if args.eval_only:
-            return FinetuneTrainer.test(cfg, model)
+            return evaluate(cfg, model)
         return trainer.train()
 
 

@@ -55,7 +55,7 @@ def assert_one_error_line(proc, pattern):
 @pytest.fixture(scope="session")
 def cityscapes_root(tmp_path_factory):
     """A synthetic Cityscapes (gtFine layout) with 6 train and 3 val images of 256x128."""
-    from d2_finetune.data.synthetic import make_cityscapes
+    from d2_finetune.demo.synthetic import make_cityscapes
 
     root = str(tmp_path_factory.mktemp("cs_data"))
     make_cityscapes(root, {"train": 6, "val": 3}, size=(256, 128), seed=0)
@@ -112,18 +112,14 @@ def tiny_init(cityscapes_root, tmp_path_factory):
 
 @pytest.fixture
 def tiny_cfg(cityscapes_root, tiny_init, tmp_path):
-    """A function returning the tiny demo config (datasets registered, starting from
+    """A function returning the tiny demo config, resolved (datasets registered, starting from
     ``tiny_init``), with extra overrides given as keyword arguments with dotted names."""
-    from d2_finetune.config import load_config
-    from d2_finetune.data import register_datasets
-    from d2_finetune.engine import resolve_device
+    from d2_finetune.engine import prepare_config
 
     def make(config=DEMO_CONFIG, output_dir=None, **extra):
         out = output_dir or str(tmp_path / "out")
         extra.setdefault("train.init_checkpoint", tiny_init)
-        cfg = resolve_device(load_config(config, tiny_overrides(cityscapes_root, out, **extra)))
-        register_datasets(cfg)
-        return cfg
+        return prepare_config(config, tiny_overrides(cityscapes_root, out, **extra))
 
     return make
 

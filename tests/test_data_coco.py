@@ -13,9 +13,9 @@ from detectron2.data.datasets.coco import load_coco_json
 
 from d2_finetune.config import load_config
 from d2_finetune.data import coco as coco_module
-from d2_finetune.data import register_coco_dataset, register_datasets
-from d2_finetune.data.synthetic import make_coco
-from d2_finetune.engine import FinetuneTrainer, resolve_device
+from d2_finetune.data import register_coco_dataset
+from d2_finetune.demo.synthetic import make_coco
+from d2_finetune.engine import FinetuneTrainer, prepare_config
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
@@ -217,9 +217,7 @@ def config(coco_root, output_dir, **extra):
     for i, split in enumerate(("train", "val")):
         overrides += [f"dataloader.register.{i}.json_file={coco_root}/{split}/custom.json",
                       f"dataloader.register.{i}.image_root={coco_root}/{split}/images"]
-    cfg = resolve_device(load_config(CONFIG, overrides))
-    register_datasets(cfg)
-    return cfg
+    return prepare_config(CONFIG, overrides)
 
 
 def test_the_config_evaluates_against_the_json_ids(coco_root, tmp_path):
@@ -250,9 +248,9 @@ def test_a_few_training_iterations_with_the_class_count_from_the_json(coco_root,
         "optimizer.lr": 0.005, "train.plots": False,
         "model.roi_heads.box_predictor.test_topk_per_image": 10,
     }))
-    assert cfg.model.roi_heads.num_classes is None
-    trainer = FinetuneTrainer(cfg)
+    assert load_config(CONFIG).model.roi_heads.num_classes is None  # resolved from the json:
     assert cfg.model.roi_heads.num_classes == 4
+    trainer = FinetuneTrainer(cfg)
     assert trainer.model.roi_heads.box_predictor.cls_score.out_features == 5
     assert trainer.model.roi_heads.mask_head.predictor.out_channels == 4
     calibrate_frozen_bn(trainer.model, next(iter(instantiate(cfg.dataloader.train))))

@@ -14,8 +14,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from d2_finetune.config import load_config
 from d2_finetune.data import KITTI_CLASSES, register_datasets, register_kitti
 from d2_finetune.data.kitti import kitti_split, parse_kitti_label
-from d2_finetune.data.synthetic import make_kitti
-from d2_finetune.engine import FinetuneTrainer, resolve_device
+from d2_finetune.demo.synthetic import make_kitti
+from d2_finetune.engine import FinetuneTrainer, prepare_config
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
@@ -164,9 +164,7 @@ def test_missing_data_and_bad_options_are_reported(tmp_path, kitti_root):
 
 def config(kitti_root, output_dir, **extra):
     overrides = tiny_overrides(kitti_root, output_dir, **extra) + ["train.epochs=null"]
-    cfg = resolve_device(load_config(CONFIG, overrides))
-    register_datasets(cfg)
-    return cfg
+    return prepare_config(CONFIG, overrides)
 
 
 def test_the_config_scores_kitti_ap_and_coco_ap(kitti_root, tmp_path):

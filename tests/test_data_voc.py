@@ -14,8 +14,8 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES
 
 from d2_finetune.config import load_config
 from d2_finetune.data import register_datasets, register_voc
-from d2_finetune.data.synthetic import VOC_LOOKS, make_voc
-from d2_finetune.engine import FinetuneTrainer, resolve_device
+from d2_finetune.demo.synthetic import VOC_LOOKS, make_voc
+from d2_finetune.engine import FinetuneTrainer, prepare_config
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
@@ -113,9 +113,8 @@ def test_missing_or_broken_data_is_reported(voc_root, tmp_path):
 
 
 def config(voc_root, output_dir, **extra):
-    cfg = resolve_device(load_config(CONFIG, tiny_overrides(voc_root, output_dir, **extra)))
-    register_datasets(cfg)
-    return cfg
+    overrides = tiny_overrides(voc_root, output_dir, **extra) + ["train.epochs=null"]
+    return prepare_config(CONFIG, overrides)
 
 
 def test_the_config_scores_voc_ap50_and_coco_ap(voc_root, tmp_path):

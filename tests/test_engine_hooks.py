@@ -11,8 +11,10 @@ from PIL import Image
 from detectron2.utils.events import EventStorage
 
 from d2_finetune.checkpoint import FinetuneCheckpointer
+from d2_finetune.data.loaders import build_val_loss_loader
 from d2_finetune.engine import FinetuneTrainer
 from d2_finetune.engine.hooks import ValidationLoss
+from d2_finetune.modeling import build_model
 
 
 @pytest.fixture
@@ -93,10 +95,10 @@ def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tm
     assert len(logged) == 1 and logged[0]["iteration"] == 1
     assert {"val_loss_cls", "val_loss_box_reg", "val_loss_mask", "val_loss_rpn_cls"} <= set(logged[0])
 
-    model = FinetuneTrainer.build_model(cfg)
+    model = build_model(cfg)
     FinetuneCheckpointer(model).load(str(out / "model_final.pth"))
     model.train()
-    loader = FinetuneTrainer.build_val_loss_loader(cfg)
+    loader = build_val_loss_loader(cfg)
     images = sum(len(b) for b in loader)
     assert images == 2
     sums = {}
@@ -194,7 +196,9 @@ def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
         with Image.open(out / "plots" / name) as im:
             im.verify()
             assert im.size[0] > 400 and im.size[1] > 200
-    drawn = plot_metrics(str(out / "metrics.json"), str(tmp_path / "replot"))
+    drawn = plot_metrics(str(out / "metrics.json"), str(tmp_path / "replot"),
+                         trainer.evaluation_metrics)
+    assert trainer.evaluation_metrics == ["cityscapes/AP", "cityscapes/AP50"]
     with open(out / "metrics.json") as f:
         rows = [json.loads(line) for line in f]
     losses = {k for r in rows for k in r if "loss" in k}

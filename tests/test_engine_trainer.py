@@ -4,8 +4,11 @@ import os
 import pytest
 import torch
 
-from d2_finetune.engine import FinetuneTrainer
+from d2_finetune.data.loaders import build_train_loader
+from d2_finetune.engine import FinetuneTrainer, evaluate, load_for_inference
 from d2_finetune.errors import CheckpointError
+
+from conftest import DEMO_CONFIG
 
 
 def test_a_few_iterations_train_and_checkpoint(tiny_cfg, tmp_path):
@@ -82,7 +85,7 @@ def test_eval_only_evaluates_a_fine_tuned_checkpoint(tiny_cfg, tmp_path):
     at_end = trainer.train()
     cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
                    **{"train.init_checkpoint": os.path.join(out, "model_final.pth")})
-    results = FinetuneTrainer.evaluate_checkpoint(cfg)
+    results = evaluate(cfg, load_for_inference(cfg))
     assert set(results) == {"cityscapes", "coco/bbox", "coco/segm"}
     assert json.dumps(results, sort_keys=True) == json.dumps(at_end, sort_keys=True)
     with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
@@ -101,7 +104,7 @@ def test_evaluating_in_a_training_output_dir_keeps_its_transfer_record(tiny_cfg,
     with open(os.path.join(out, "transfer.json")) as f:
         started = f.read()
     final = os.path.join(out, "model_final.pth")
-    FinetuneTrainer.load_for_inference(tiny_cfg(output_dir=out, **{"train.init_checkpoint": final}))
+    load_for_inference(tiny_cfg(output_dir=out, **{"train.init_checkpoint": final}))
     with open(os.path.join(out, "transfer.json")) as f:
         assert f.read() == started
     with open(os.path.join(out, "inference_weights.json")) as f:
@@ -109,15 +112,18 @@ def test_evaluating_in_a_training_output_dir_keeps_its_transfer_record(tiny_cfg,
 
 
 def test_eval_only_refuses_a_checkpoint_whose_head_does_not_fit(tiny_cfg, tmp_path):
+    from detectron2.config import instantiate
+
+    from d2_finetune.config import load_config
+
     out = str(tmp_path / "coco")
-    cfg = tiny_cfg(output_dir=out, **{"model.roi_heads.num_classes": 80})
-    model = FinetuneTrainer.build_model(cfg)
+    model = instantiate(load_config(DEMO_CONFIG, ["model.roi_heads.num_classes=80"]).model)
     os.makedirs(out)
     torch.save({"model": model.state_dict()}, os.path.join(out, "coco.pth"))
     cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
                    **{"train.init_checkpoint": os.path.join(out, "coco.pth")})
     with pytest.raises(CheckpointError, match=r"does not fit this model's classes.*cls_score"):
-        FinetuneTrainer.evaluate_checkpoint(cfg)
+        evaluate(cfg, load_for_inference(cfg))
 
 
 class CapturePredictions:
@@ -142,11 +148,11 @@ class CapturePredictions:
 def test_batched_evaluation_gives_the_same_predictions(tiny_cfg):
     one, batched = CapturePredictions(), CapturePredictions()
     cfg = tiny_cfg(**{"dataloader.test.batch_size": 1})
-    model = FinetuneTrainer.load_for_inference(cfg)
-    FinetuneTrainer.test(cfg, model, evaluators=one)
+    model = load_for_inference(cfg)
+    evaluate(cfg, model, evaluators=one)
     cfg = tiny_cfg(**{"dataloader.test.batch_size": 3})
     assert len(FinetuneTrainer.build_test_loader(cfg)) == 1  # the 3 val images in one forward
-    FinetuneTrainer.test(cfg, model, evaluators=batched)
+    evaluate(cfg, model, evaluators=batched)
     assert one.seen.keys() == batched.seen.keys() and len(one.seen) == 3
     detections = 0
     for name, (boxes, scores, classes, masks) in one.seen.items():
@@ -157,40 +163,6 @@ def test_batched_evaluation_gives_the_same_predictions(tiny_cfg):
         assert (masks != b_masks).float().mean() < 1e-3
         detections += len(classes)
     assert detections > 0
-
-
-def _cfg(num_classes, names):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({"model": {"roi_heads": {"num_classes": num_classes}},
-                             "dataloader": {"train": {"dataset": {"names": names}}}})
-
-
-def test_num_classes_none_is_read_from_the_training_datasets(monkeypatch):
-    from detectron2.data import MetadataCatalog
-
-    from d2_finetune.engine import trainer as trainer_module
-    from d2_finetune.engine.trainer import resolve_num_classes
-    from d2_finetune.errors import ConfigError
-
-    warnings = []
-    monkeypatch.setattr(trainer_module.logger, "warning", warnings.append)
-
-    MetadataCatalog.get("test_ncls_a").set(thing_classes=["a", "b", "c"])
-    MetadataCatalog.get("test_ncls_b").set(thing_classes=["x", "y", "z"])
-    MetadataCatalog.get("test_ncls_c").set(thing_classes=["x", "y"])
-    cfg = _cfg(None, ["test_ncls_a", "test_ncls_b"])
-    assert resolve_num_classes(cfg) == 3 and cfg.model.roi_heads.num_classes == 3
-    with pytest.raises(ConfigError, match=r"different numbers of classes test_ncls_a: 3, test_ncls_c: 2"):
-        resolve_num_classes(_cfg(None, ["test_ncls_a", "test_ncls_c"]))
-    with pytest.raises(ConfigError, match=r"class count of the training dataset 'test_ncls_unregistered', "
-                                          r"which has no thing_classes: register it first"):
-        resolve_num_classes(_cfg(None, "test_ncls_unregistered"))
-    with pytest.raises(ConfigError, match=r"names no registered dataset; set model\.roi_heads\.num_classes"):
-        resolve_num_classes(_cfg(None, None))
-    cfg = _cfg(5, "test_ncls_a")
-    assert resolve_num_classes(cfg) == 5
-    assert warnings == ["model.roi_heads.num_classes=5 but the training data (test_ncls_a) has 3 classes."]
 
 
 def _losses_and_grads(model, batch):
@@ -208,13 +180,13 @@ def _losses_and_grads(model, batch):
 
 def test_channels_last_gives_the_same_losses_and_gradients(tiny_cfg):
     cfg = tiny_cfg(**{"train.channels_last": False})
-    plain = FinetuneTrainer.load_for_inference(cfg)  # the calibrated init, in both layouts
-    nhwc = FinetuneTrainer.load_for_inference(tiny_cfg(**{"train.channels_last": True}))
+    plain = load_for_inference(cfg)  # the calibrated init, in both layouts
+    nhwc = load_for_inference(tiny_cfg(**{"train.channels_last": True}))
     convs = [p for n, p in nhwc.named_parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                    for p in plain.parameters())
-    batch = next(iter(FinetuneTrainer.build_train_loader(cfg)))
+    batch = next(iter(build_train_loader(cfg)[0]))
     losses, grads = _losses_and_grads(plain, batch)
     nhwc_losses, nhwc_grads = _losses_and_grads(nhwc, batch)
     assert losses.keys() == nhwc_losses.keys() and len(losses) == 5
@@ -231,7 +203,7 @@ def test_channels_last_gives_the_same_losses_and_gradients(tiny_cfg):
 
 
 def test_images_to_device_moves_the_images_only():
-    from d2_finetune.engine.trainer import ImagesToDevice
+    from d2_finetune.data.loaders import ImagesToDevice
 
     image = torch.zeros(3, 4, 5, dtype=torch.uint8)
     other = torch.ones(2)
@@ -248,8 +220,11 @@ def test_images_to_device_moves_the_images_only():
 def test_training_batches_are_neither_pinned_nor_moved_on_a_cpu(tiny_cfg):
     from detectron2.data.common import AspectRatioGroupedDataset
 
+    from d2_finetune.config import load_config
+
+    assert load_config(DEMO_CONFIG).dataloader.train.pin_memory is True
     cfg = tiny_cfg(**{"dataloader.train.num_workers": 1})
-    assert cfg.dataloader.train.pin_memory is True
-    loader = FinetuneTrainer.build_train_loader(cfg)
+    assert cfg.dataloader.train.pin_memory is False  # resolved: page-locking is for a GPU
+    loader, _ = build_train_loader(cfg)
     assert isinstance(loader, AspectRatioGroupedDataset)  # no ImagesToDevice wrapper
     assert loader.dataset.pin_memory is False

@@ -13,7 +13,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.structures import Boxes, Instances
 
 from d2_finetune.data.cityscapes import CITYSCAPES_THING_CLASSES
-from d2_finetune.engine import FinetuneTrainer
+from d2_finetune.engine import FinetuneTrainer, evaluate, load_for_inference
 from d2_finetune.evaluation import CityscapesCOCOEvaluator
 from d2_finetune.evaluation.cityscapes import RESULTS_FILE
 
@@ -87,8 +87,7 @@ def test_eval_only_scores_ground_truth_100_and_nothing_0(tiny_cfg):
 
 def test_eval_only_of_a_real_model_gives_percentages(tiny_cfg):
     cfg = tiny_cfg()
-    model = FinetuneTrainer.load_for_inference(cfg)
-    results = flatten_results_dict(FinetuneTrainer.test(cfg, model))
+    results = flatten_results_dict(evaluate(cfg, load_for_inference(cfg)))
     assert set(results) == expected_names()
     values = [v for v in results.values() if not math.isnan(v)]
     assert values and all(0 <= v <= 100 for v in values)

@@ -77,14 +77,14 @@ def schedule_cfg(*overrides):
 
 
 def test_epochs_reproduce_the_tutorials_iterations():
+    """The tutorial's 8 epochs of RepeatDataset(8) at batch 8, the step after epoch 7, as
+    iterations on Cityscapes' 2,975 images (the arithmetic configs/cityscapes_ft.py states)."""
     from d2_finetune.solver import resolve_schedule
 
-    stated = schedule_cfg()
-    cfg = schedule_cfg("train.epochs=8", "train.repeat=8", "train.step_epochs=[7]",
-                       "train.max_iter=1", "lr_multiplier.steps=[]")
+    cfg = schedule_cfg("train.epochs=8", "train.repeat=8", "train.step_epochs=[7]")
     rows = dict(resolve_schedule(cfg, dataset_size=2975))
-    assert cfg.train.max_iter == stated.train.max_iter == 23800
-    assert list(cfg.lr_multiplier.steps) == list(stated.lr_multiplier.steps) == [20825]
+    assert cfg.train.max_iter == 64 * 2975 // 8 == 23800
+    assert list(cfg.lr_multiplier.steps) == [56 * 2975 // 8] == [20825]
     assert rows["iterations per epoch"] == "ceil(2975 x 8 / 8) = 2975"
     assert rows["batch"] == "8 total = 8 images per GPU x 1 GPU(s)"
 
@@ -92,36 +92,43 @@ def test_epochs_reproduce_the_tutorials_iterations():
 def test_epochs_round_up_partial_batches_and_follow_the_batch():
     from d2_finetune.solver import resolve_schedule
 
-    cfg = schedule_cfg("train.epochs=2", "train.step_epochs=[1]", "dataloader.train.total_batch_size=16")
+    cfg = schedule_cfg("train.epochs=2", "train.repeat=1", "train.step_epochs=[1]",
+                       "dataloader.train.total_batch_size=16")
     resolve_schedule(cfg, dataset_size=100, world_size=4)
     assert cfg.train.max_iter == 2 * 7  # ceil(100 / 16) = 7 iterations per epoch
     assert list(cfg.lr_multiplier.steps) == [7]
 
 
 def test_linear_lr_scaling_from_a_reference_batch():
+    """The schedule's table states the scaled LR, which the optimizer then uses."""
     from d2_finetune.solver import resolve_schedule
 
     cfg = schedule_cfg("optimizer.reference_batch=8", "dataloader.train.total_batch_size=16")
-    rows = dict(resolve_schedule(cfg, world_size=2))
-    assert cfg.optimizer.lr == pytest.approx(0.02)
+    rows = dict(resolve_schedule(cfg, dataset_size=2975, world_size=2))
     assert rows["lr scaling"] == "0.01 x 16 / 8 = 0.02"
+    assert rows["base lr"] == "0.02"
     assert rows["batch"] == "16 total = 8 images per GPU x 2 GPU(s)"
+    cfg.optimizer.params.model = torch.nn.Linear(1, 1)
+    from detectron2.config import instantiate
+
+    assert instantiate(cfg.optimizer).param_groups[0]["lr"] == pytest.approx(0.02)
     unscaled = schedule_cfg()
-    resolve_schedule(unscaled)
-    assert unscaled.optimizer.lr == 0.01
+    assert "lr scaling" not in dict(resolve_schedule(unscaled, dataset_size=2975))
 
 
 @pytest.mark.parametrize(
-    "overrides, size, world, message",
+    "overrides, size, message",
     [
-        ([], None, 3, r"total_batch_size=8 is not divisible by the 3 processes"),
-        (["train.epochs=8", "train.step_epochs=[8]"], 10, 1, r"step_epochs \[8\] must lie strictly between 0 and train\.epochs=8"),
-        (["train.epochs=8", "train.repeat=0"], 10, 1, r"train\.repeat must be an integer >= 1"),
-        (["train.epochs=8"], 0, 1, r"train\.epochs needs a non-empty training dataset"),
+        (["train.step_epochs=[8]"], 10, r"step_epochs \[8\] must lie strictly between 0 and train\.epochs=8"),
+        (["train.repeat=0"], 10, r"train\.repeat must be an integer >= 1"),
+        ([], 0, r"A schedule in epochs \(train\.epochs, or a period such as "
+                r"train\.eval_period='1 epoch'\) needs a non-empty training dataset"),
+        (["train.epochs=null", "train.max_iter=100"], None,
+         r"A schedule in epochs .*needs a non-empty training dataset"),  # eval_period="1 epoch"
     ],
 )
-def test_bad_epoch_schedules_are_refused(overrides, size, world, message):
+def test_bad_epoch_schedules_are_refused(overrides, size, message):
     from d2_finetune.solver import resolve_schedule
 
     with pytest.raises(ConfigError, match=message):
-        resolve_schedule(schedule_cfg(*overrides), dataset_size=size, world_size=world)
+        resolve_schedule(schedule_cfg(*overrides), dataset_size=size)

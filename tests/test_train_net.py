@@ -141,7 +141,7 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
         return lambda: os.path.isfile(os.path.join(out, f"model_{n:07d}.pth"))
 
     def writing_after(n):
-        return lambda: iteration_done(n)() and glob.glob(os.path.join(out, "*.pth.tmp"))
+        return lambda: iteration_done(n)() and glob.glob(os.path.join(out, "*.pth.*.tmp"))
 
     kills = [iteration_done(1), writing_after(2), iteration_done(5)]
     caught_mid_write = False
@@ -152,7 +152,7 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
             with open(os.path.join(out, "last_checkpoint")) as f:
                 named = f.read().strip()
             torch.load(os.path.join(out, named), weights_only=True)  # complete and readable
-            caught_mid_write |= bool(glob.glob(os.path.join(out, "*.pth.tmp")))
+            caught_mid_write |= bool(glob.glob(os.path.join(out, "*.pth.*.tmp")))
     assert caught_mid_write
     resume_from = torch.load(os.path.join(out, named), weights_only=True)["iteration"] + 1
     assert resume_from >= 5
@@ -220,7 +220,7 @@ def test_a_mask_that_does_not_fit_its_image_is_one_error_line(tmp_path):
 
     import pycocotools.mask as mask_util
 
-    from d2_finetune.data.synthetic import make_coco
+    from d2_finetune.demo.synthetic import make_coco
 
     splits = {}
     for split in ("train", "val"):
@@ -268,7 +268,7 @@ def test_an_unreadable_best_record_on_resume_is_one_error_line(trained, tmp_path
 def test_a_training_set_without_usable_images_is_one_error_line(tiny_init, tmp_path):
     """docs/errors.md row 38: every training image has only crowd regions or no instance, so
     training keeps none; the message says why and what to change (detectron2 would assert)."""
-    from d2_finetune.data.synthetic import make_cityscapes
+    from d2_finetune.demo.synthetic import make_cityscapes
 
     root = str(tmp_path / "data")
     make_cityscapes(root, {"train": 2, "val": 1}, size=(256, 128), seed=0, objects_per_image=(0, 0),

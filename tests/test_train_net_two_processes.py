@@ -65,8 +65,9 @@ def test_best_checkpoint_is_the_lowest_validation_loss(best_run, tiny_cfg):
     from detectron2.utils.events import EventStorage
 
     from d2_finetune.checkpoint import FinetuneCheckpointer
-    from d2_finetune.engine import FinetuneTrainer
+    from d2_finetune.data.loaders import build_val_loss_loader
     from d2_finetune.engine.hooks import ValidationLoss
+    from d2_finetune.modeling import build_model
 
     out, _, proc = best_run
     assert "World size: 2" in proc.stdout + proc.stderr
@@ -79,8 +80,8 @@ def test_best_checkpoint_is_the_lowest_validation_loss(best_run, tiny_cfg):
     assert record["value"] == pytest.approx(logged[best], rel=1e-9)
 
     cfg = tiny_cfg(**{"train.val_loss_images": 3})
-    model = FinetuneTrainer.build_model(cfg)
-    hook = ValidationLoss(1, model, FinetuneTrainer.build_val_loss_loader(cfg))
+    model = build_model(cfg)
+    hook = ValidationLoss(1, model, build_val_loss_loader(cfg))
     single = {}
     for iteration in logged:
         FinetuneCheckpointer(model).load(os.path.join(out, f"model_{iteration:07d}.pth"))
@@ -99,14 +100,14 @@ def test_best_checkpoint_is_the_lowest_validation_loss(best_run, tiny_cfg):
 def test_evaluation_equals_one_process_evaluation_of_the_same_weights(best_run, tiny_cfg):
     """The last evaluation of the two-process run (of the final weights): the same predictions,
     and the same metrics, as one process evaluating model_final.pth."""
-    from d2_finetune.engine import FinetuneTrainer
+    from d2_finetune.engine import evaluate, load_for_inference
 
     out, _, _ = best_run
     single_out = os.path.join(os.path.dirname(out), "single_eval")
     cfg = tiny_cfg(output_dir=single_out,
                    **{"train.init_checkpoint": os.path.join(out, "model_final.pth"),
                       "dataloader.test.batch_size": 1})
-    results = FinetuneTrainer.evaluate_checkpoint(cfg)
+    results = evaluate(cfg, load_for_inference(cfg))
     names = ("coco_instances_results.json", "cityscapes_instance_results.json")
     for name in names:
         with open(os.path.join(out, "inference", name)) as f:
@@ -125,8 +126,10 @@ def test_plots_cover_every_logged_iteration(best_run):
     from d2_finetune.engine.hooks import plot_metrics
 
     out, _, _ = best_run
-    drawn = plot_metrics(os.path.join(out, "metrics.json"), os.path.join(out, "replot"))
+    drawn = plot_metrics(os.path.join(out, "metrics.json"), os.path.join(out, "replot"),
+                         ["cityscapes/AP", "coco/segm/AP"])
     assert set(drawn) == {"losses.png", "lr.png", "metrics.png"}
+    assert set(drawn["metrics.png"]) == {"cityscapes/AP", "coco/segm/AP"}
     assert drawn["losses.png"]["total_loss"][0] == [0, 1, 2, 3]
     assert drawn["losses.png"]["val_total_loss"][0] == [0, 1, 2, 3]
     # The evaluation after training is logged at max_iter, as detectron2 does.
@@ -230,7 +233,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(cityscapes_
     with open(tmp_path / "log.txt", "w") as log:
         proc = start(two(overrides(out)), log)
         writing_after_1 = lambda: (os.path.isfile(os.path.join(out, "model_0000001.pth"))  # noqa: E731
-                                   and glob.glob(os.path.join(out, "*.pth.tmp")))
+                                   and glob.glob(os.path.join(out, "*.pth.*.tmp")))
         assert kill_group_when(proc, writing_after_1), "the run ended before it could be killed"
     with open(tmp_path / "log.txt") as f:
         seed = f.read().split("Data order: sampler seed ", 1)[1].split()[0]

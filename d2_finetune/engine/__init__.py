@@ -1,17 +1,28 @@
+"""Running a config: the command line (:mod:`.cli`), starting processes (:mod:`.launch`),
+resolving the config (:mod:`.resolve`), training (:mod:`.trainer` with :mod:`.steps`,
+:mod:`.hooks`, :mod:`.amp`), evaluation (:mod:`.evaluate`) and weights (:mod:`.weights`)."""
+from .amp import autocast_context
 from .checks import startup_guard
-from .cli import argument_parser, load, resolve_device, setup, user_errors
+from .cli import argument_parser, load, setup, user_errors
+from .evaluate import evaluate
 from .launch import launch
-from .trainer import AutocastTrainer, FinetuneTrainer, autocast_context
+from .resolve import prepare_config, resolve_config
+from .steps import AutocastTrainer
+from .trainer import FinetuneTrainer
+from .weights import load_for_inference
 
 __all__ = [
     "AutocastTrainer",
     "FinetuneTrainer",
     "argument_parser",
+    "autocast_context",
+    "evaluate",
     "launch",
     "load",
-    "startup_guard",
-    "autocast_context",
-    "resolve_device",
+    "load_for_inference",
+    "prepare_config",
+    "resolve_config",
     "setup",
+    "startup_guard",
     "user_errors",
 ]

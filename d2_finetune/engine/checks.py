@@ -7,10 +7,15 @@ import uuid
 
 import torch
 
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
 from detectron2.config import instantiate
 from detectron2.utils import comm
 
 from ..errors import CheckpointError, ConfigError, UserError
+from ..solver import epochs_in
+from .amp import amp_dtype
 
 __all__ = ["check_config", "check_init_checkpoint", "check_output_dir", "check_world_size", "startup_guard"]
 
@@ -23,18 +28,44 @@ def _positive_int(value, key, allow_zero=False):
         raise ConfigError(f"{key} must be {'a non-negative' if allow_zero else 'a positive'} integer, got {value!r}.")
 
 
+def _period(cfg, key, allow_zero=False):
+    """A period: a count of iterations, or a number of epochs ("2 epochs")."""
+    value = OmegaConf.select(cfg, key)
+    stated = epochs_in(value)
+    if stated is None:
+        _positive_int(value, key, allow_zero=allow_zero)
+    elif stated <= 0:
+        raise ConfigError(f"{key} must be a positive number of epochs, got {value!r}.")
+
+
 def check_config(cfg, world_size=1):
     """Refuse nonsense values with a message naming the key, before anything runs."""
     train = cfg.train
     if train.get("epochs") is None:
+        if train.get("max_iter") is None:
+            raise ConfigError(
+                "The config states no schedule: set train.epochs (with train.step_epochs) or "
+                "train.max_iter (with lr_multiplier.steps)."
+            )
         _positive_int(train.max_iter, "train.max_iter")
         instantiate(cfg.lr_multiplier)  # validates steps and warmup against max_iter
     else:
         if not (isinstance(train.epochs, (int, float)) and train.epochs > 0):
             raise ConfigError(f"train.epochs must be a positive number, got {train.epochs!r}.")
+        if train.get("max_iter") is not None:
+            _positive_int(train.max_iter, "train.max_iter")
+        if list(cfg.lr_multiplier.get("steps") or []):
+            raise ConfigError(
+                f"lr_multiplier.steps={list(cfg.lr_multiplier.steps)} with train.epochs="
+                f"{train.epochs}: with a schedule in epochs give the steps in epochs, as "
+                "train.step_epochs (or set train.epochs=null to count iterations)."
+            )
     lr = cfg.optimizer.get("lr")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}.")
+    reference = cfg.optimizer.get("reference_batch")
+    if reference is not None:
+        _positive_int(reference, "optimizer.reference_batch")
     batch = cfg.dataloader.train.get("total_batch_size")
     _positive_int(batch, "dataloader.train.total_batch_size")
     if batch % world_size:
@@ -42,17 +73,25 @@ def check_config(cfg, world_size=1):
             f"dataloader.train.total_batch_size={batch} is not divisible by the {world_size} "
             "processes (GPUs) of this run: use a multiple of the GPU count."
         )
-    _positive_int(train.eval_period, "train.eval_period", allow_zero=True)
+    _period(cfg, "train.eval_period", allow_zero=True)
     _positive_int(train.log_period, "train.log_period")
-    _positive_int(train.checkpointer.period, "train.checkpointer.period")
+    _period(cfg, "train.checkpointer.period")
     _positive_int(train.get("patience", 0), "train.patience", allow_zero=True)
-    _positive_int(train.get("val_loss_period", 0), "train.val_loss_period", allow_zero=True)
-    amp_dtype = train.amp.get("dtype", "float16")
-    if amp_dtype not in ("float16", "fp16", "bfloat16", "bf16"):
-        raise ConfigError(f"train.amp.dtype must be float16 or bfloat16, got {amp_dtype!r}.")
+    _period(cfg, "train.val_loss_period", allow_zero=True)
+    amp_dtype(cfg)
     best = train.get("best_metric")
     if best and best.get("mode", "max") not in ("max", "min"):
         raise ConfigError(f"train.best_metric.mode must be 'max' or 'min', got {best.mode!r}.")
+    if best:
+        try:
+            best.name
+        except InterpolationResolutionError as e:
+            raise ConfigError(
+                f"train.best_metric.name={best._get_node('name')._value()} cannot be resolved "
+                f"({str(e).splitlines()[0]}): the config's dataset base names no "
+                "dataloader.best_metric. Set train.best_metric.name to one of the evaluators' "
+                "metrics, e.g. bbox/AP."
+            ) from None
     sharing = train.get("tensor_sharing")
     strategies = sorted(torch.multiprocessing.get_all_sharing_strategies())
     if sharing is not None and sharing not in strategies:
@@ -65,6 +104,12 @@ def check_config(cfg, world_size=1):
         _positive_int(num_classes, "model.roi_heads.num_classes")
     if not train.get("output_dir"):
         raise ConfigError("train.output_dir is empty: set it to a folder for logs and checkpoints.")
+    device = train.get("device", "auto")
+    if device != "auto" and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={device} but no CUDA device is available; use train.device=cpu "
+            "or train.device=auto."
+        )
 
 
 def check_world_size(num_gpus, num_machines):

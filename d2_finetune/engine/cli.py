@@ -16,7 +16,7 @@ from ..errors import ConfigError, UserError
 from .checks import check_config, check_init_checkpoint, check_output_dir, check_world_size
 from .launch import report_in_launcher
 
-__all__ = ["argument_parser", "load", "setup", "user_errors", "resolve_device"]
+__all__ = ["argument_parser", "load", "setup", "user_errors"]
 
 
 def argument_parser(description=None):
@@ -31,26 +31,14 @@ def argument_parser(description=None):
     return parser
 
 
-def resolve_device(cfg):
-    """Turn ``train.device="auto"`` into cuda or cpu; refuse cuda where there is none."""
-    device = cfg.train.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={device} but no CUDA device is available; use train.device=cpu "
-            "or train.device=auto."
-        )
-    cfg.train.device = device
-    return cfg
-
-
 def load(args):
-    """The config with the command-line overrides, checked; writes nothing."""
+    """The config of ``--config-file`` with the command-line overrides, checked against the
+    command line (``--num-gpus``, ``--resume``); nothing is written, nothing resolved yet (see
+    :func:`.resolve.resolve_config`, which every process runs after :func:`setup`)."""
     if not args.config_file:
         raise ConfigError("No config file given: pass --config-file, e.g. configs/cityscapes_ft.py.")
     check_world_size(args.num_gpus, args.num_machines)
-    cfg = resolve_device(load_config(args.config_file, args.opts))
+    cfg = load_config(args.config_file, args.opts)
     check_config(cfg, world_size=args.num_gpus * args.num_machines)
     check_init_checkpoint(cfg, resume=getattr(args, "resume", False))
     return cfg

@@ -12,16 +12,13 @@ from detectron2.engine import hooks
 from detectron2.engine.hooks import HookBase
 from detectron2.utils import comm
 
-from ..checkpoint import atomic_write
+from ..fileio import atomic_write
 from ..errors import CheckpointError
 from .distributed import decided_on_main
 
 __all__ = ["BestCheckpointer", "ValidationLoss", "PlotWriter"]
 
 logger = logging.getLogger(__name__)
-
-# Names under which the evaluators report (after detectron2's flatten_results_dict).
-EVAL_PREFIXES = ("cityscapes/", "coco/", "bbox/", "segm/", "voc/", "kitti/")
 
 
 class BestCheckpointer(hooks.BestCheckpointer):
@@ -78,8 +75,7 @@ class BestCheckpointer(hooks.BestCheckpointer):
         """On the main process: the latest evaluation's verdict, or None without one."""
         latest = self.trainer.storage.latest().get(self._val_metric)
         if latest is None:
-            overall = sorted(k for k in self.trainer.storage.latest()
-                             if k.startswith(EVAL_PREFIXES) and "-" not in k)
+            overall = self.trainer.evaluation_metrics
             if not overall:  # no evaluation has run (train.eval_after_train=False)
                 return None
             self._logger.warning(
@@ -206,7 +202,8 @@ class PlotWriter(HookBase):
             return {}
         self._json_writer.write()
         metrics_file = self._json_writer._file_handle.name
-        return plot_metrics(metrics_file, os.path.join(os.path.dirname(metrics_file), "plots"))
+        return plot_metrics(metrics_file, os.path.join(os.path.dirname(metrics_file), "plots"),
+                            self.trainer.evaluation_metrics)
 
 
 def _read_metrics(metrics_file):
@@ -222,9 +219,10 @@ def _read_metrics(metrics_file):
     return rows
 
 
-def plot_metrics(metrics_file, plot_dir):
-    """Draw ``losses.png``, ``lr.png`` and ``metrics.png`` from a detectron2 ``metrics.json``:
-    one line per logged value, one point per iteration it was logged at.
+def plot_metrics(metrics_file, plot_dir, metrics=()):
+    """Draw ``losses.png``, ``lr.png`` and ``metrics.png`` (the evaluation ``metrics`` named)
+    from a detectron2 ``metrics.json``: one line per logged value, one point per iteration it
+    was logged at.
 
     Returns:
         dict: for each file written, ``{series name: (iterations, values)}`` as drawn.
@@ -244,9 +242,7 @@ def plot_metrics(metrics_file, plot_dir):
     groups = {
         "losses.png": ("Losses", [k for k in series if "loss" in k]),
         "lr.png": ("Learning rate", [k for k in series if k == "lr"]),
-        # Overall evaluation metrics ("cityscapes/AP", "coco/bbox/AP50"), not per-class ones.
-        "metrics.png": ("Evaluation", [k for k in series if k.startswith(EVAL_PREFIXES)
-                                       and "-" not in k]),
+        "metrics.png": ("Evaluation", [k for k in series if k in metrics]),
     }
     drawn = {}
     for name, (title, keys) in groups.items():
