@@ -15,15 +15,15 @@ train.init_checkpoint = (
 dataloader.train.total_batch_size = 8
 optimizer.lr = 0.01
 
-# 8 epochs of RepeatDataset(times=8) = 64 passes over Cityscapes' 2,975 train images:
-# 64 * 2975 / 8 images per iteration = 23,800 iterations.
-train.max_iter = 64 * 2975 // 8
-# The tutorial steps at epoch 7 of 8 ("[7] yields higher performance than [6]"),
-# i.e. after 7 * 8 = 56 passes: 56 * 2975 / 8 = 20,825 iterations.
-lr_multiplier.steps = [56 * 2975 // 8]
+# 8 epochs of RepeatDataset(times=8), as in the tutorial: 64 passes over Cityscapes' 2,975
+# train images at batch 8 = 23,800 iterations (counted from the data when training starts).
+train.epochs = 8
+train.repeat = 8
+# The tutorial steps after epoch 7 of 8 ("[7] yields higher performance than [6]"): 20,825.
+train.step_epochs = [7]
 # Linear warmup over 500 iterations from 0.001 x lr.
 lr_multiplier.warmup_iters = 500
 
-# Evaluate and checkpoint once per tutorial epoch (8 passes): 8 * 2975 / 8 = 2,975 iterations.
-train.eval_period = 8 * 2975 // 8
-train.checkpointer.period = 8 * 2975 // 8
+# Evaluate and checkpoint once per tutorial epoch (8 passes, 2,975 iterations).
+train.eval_period = "1 epoch"
+train.checkpointer.period = "1 epoch"

@@ -32,5 +32,6 @@ train.epochs = 12
 train.step_epochs = [8, 11]
 lr_multiplier.warmup_iters = 500
 
-# Keep the checkpoint with the best COCO mask AP.
-train.best_metric.name = "coco/segm/AP"
+# Evaluate and checkpoint once per epoch, keeping the best COCO mask AP (the base's).
+train.eval_period = "1 epoch"
+train.checkpointer.period = "1 epoch"

@@ -8,6 +8,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from d2_finetune.config import load_config
 from d2_finetune.errors import ConfigError
+from d2_finetune.solver import resolve_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAF = os.path.join(REPO, "configs", "cityscapes_ft.py")
@@ -35,6 +36,9 @@ def test_leaf_states_the_tutorial_recipe():
     assert cfg.optimizer.momentum == 0.9
     assert cfg.optimizer.weight_decay == 1e-4
     assert cfg.dataloader.train.total_batch_size == 8
+    # 8 epochs of RepeatDataset(8), the step after epoch 7: iterations come from the data.
+    assert (cfg.train.epochs, cfg.train.repeat, list(cfg.train.step_epochs)) == (8, 8, [7])
+    resolve_schedule(cfg, dataset_size=2975)  # Cityscapes' train split
     assert cfg.train.max_iter == 23800
     assert list(cfg.lr_multiplier.steps) == [20825]
     assert cfg.lr_multiplier.warmup_iters == 500
@@ -160,7 +164,7 @@ def test_overrides_apply_with_types():
         ("model.roi_heads.no_such_key=1", r"StandardROIHeads .*takes no argument 'no_such_key'"),
         ("train.max_iterr=5", r"no key 'train\.max_iterr'.*Did you mean: max_iter"),
         ("trian.max_iter=5", r"no key 'trian'.*Did you mean: train"),
-        ("train.max_iter=abc", r"train\.max_iter must be an integer .*got 'abc'"),
+        ("train.log_period=abc", r"train\.log_period must be an integer .*got 'abc'"),
         ("train.amp.enabled=3", r"train\.amp\.enabled must be true or false"),
         ("lr_multiplier.steps=5", r"lr_multiplier\.steps must be a list"),
         ("train.max_iter.x=1", r"train\.max_iter is a value, not a group"),
@@ -183,3 +187,20 @@ def test_override_of_a_lazycall_parameter_not_yet_set_is_accepted():
     cfg = load_config(LEAF, ["model.roi_heads.box_predictor.cls_agnostic_bbox_reg=true"])
     model = instantiate(cfg.model)
     assert model.roi_heads.box_predictor.bbox_pred.out_features == 4
+
+
+def test_voc_and_kitti_configs_do_not_load_cityscapesscripts():
+    """Heavy imports wait until used: loading the VOC or KITTI config (and their evaluators'
+    classes) leaves cityscapesscripts unimported. In a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from d2_finetune.config import load_config\n"
+        "for name in ('voc_ft.py', 'kitti_ft.py'):\n"
+        f"    load_config({os.path.join(REPO, 'configs')!r} + '/' + name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cityscapesscripts')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -7,18 +7,20 @@ is which: ``cityscapes/AP``, ``cityscapes/AP50``, ``cityscapes/AP-<class>``, ...
 ``EvalHook``) has joined the keys.
 """
 import tempfile
-from collections import OrderedDict
 
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluators
 
 from .cityscapes import CityscapesInstanceEvaluator
 from .coco import ScopedCOCOEvaluator
+from .prefixed import PrefixedEvaluator
 
 __all__ = ["CityscapesCOCOEvaluator"]
 
 
-class CityscapesCOCOEvaluator(DatasetEvaluator):
-    """:class:`CityscapesInstanceEvaluator` and detectron2's ``COCOEvaluator`` on one dataset.
+class CityscapesCOCOEvaluator(DatasetEvaluators):
+    """:class:`CityscapesInstanceEvaluator` and detectron2's ``COCOEvaluator`` on one dataset,
+    combined as every dataset's evaluators are (:class:`PrefixedEvaluator`): the Cityscapes
+    config's evaluator, whose arguments are its config keys (``dataloader.evaluator.evaluator``).
 
     ``evaluate()`` returns ``{"cityscapes": {"AP", "AP50", "AP-<class>", ...},
     "coco/bbox": {...}, "coco/segm": {...}}``, in percent.
@@ -35,37 +37,16 @@ class CityscapesCOCOEvaluator(DatasetEvaluator):
             evaluator: "fast" or "official", see :class:`CityscapesInstanceEvaluator`.
             coco_tasks: COCO-style tasks to evaluate beside; empty for the Cityscapes AP only.
         """
-        self._cityscapes = CityscapesInstanceEvaluator(
-            dataset_name, output_dir=output_dir, evaluator=evaluator
-        )
-        self._coco = None
+        evaluators = [PrefixedEvaluator(
+            CityscapesInstanceEvaluator(dataset_name, output_dir=output_dir, evaluator=evaluator),
+            prefix="cityscapes", task="segm",
+        )]
         if coco_tasks:
             if output_dir is None:
                 self._coco_dir = tempfile.TemporaryDirectory(prefix="coco_eval_")
-                coco_dir = self._coco_dir.name
-            else:
-                coco_dir = output_dir
-            self._coco = ScopedCOCOEvaluator(
-                dataset_name, tasks=tuple(coco_tasks), output_dir=coco_dir
-            )
-
-    def _evaluators(self):
-        return [e for e in (self._cityscapes, self._coco) if e is not None]
-
-    def reset(self):
-        for evaluator in self._evaluators():
-            evaluator.reset()
-
-    def process(self, inputs, outputs):
-        for evaluator in self._evaluators():
-            evaluator.process(inputs, outputs)
-
-    def evaluate(self):
-        results = OrderedDict()
-        cityscapes = self._cityscapes.evaluate() or {}
-        if "segm" in cityscapes:
-            results["cityscapes"] = cityscapes["segm"]
-        if self._coco is not None:
-            for task, metrics in (self._coco.evaluate() or {}).items():
-                results[f"coco/{task}"] = metrics
-        return results
+                output_dir = self._coco_dir.name
+            evaluators.append(PrefixedEvaluator(
+                ScopedCOCOEvaluator(dataset_name, tasks=tuple(coco_tasks), output_dir=output_dir),
+                prefix="coco",
+            ))
+        super().__init__(evaluators)

@@ -61,3 +61,5 @@ dataloader.evaluator = L(CityscapesCOCOEvaluator)(
     output_dir="${...train.output_dir}/inference",
     evaluator="fast",
 )
+# The benchmark's metric: the default train.best_metric.
+dataloader.best_metric = "cityscapes/AP"

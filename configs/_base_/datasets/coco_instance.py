@@ -74,3 +74,5 @@ dataloader.evaluator = L(PrefixedEvaluator)(
         output_dir="${train.output_dir}/inference",
     ),
 )
+# COCO's mask AP: the default train.best_metric.
+dataloader.best_metric = "coco/segm/AP"

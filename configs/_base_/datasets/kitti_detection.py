@@ -72,3 +72,5 @@ dataloader.evaluator = [
         ),
     ),
 ]
+# KITTI ranks by the moderate level's AP: the default train.best_metric.
+dataloader.best_metric = "kitti/bbox/AP_moderate"

@@ -68,3 +68,5 @@ dataloader.evaluator = [
         ),
     ),
 ]
+# The benchmark's metric, VOC 2007's AP50: the default train.best_metric.
+dataloader.best_metric = "voc/bbox/AP50"
