@@ -16,6 +16,8 @@ $(STAMP): $(VPY) setup.py scripts/setup_env.py
 	touch $@
 
 test: $(STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
 	$(VPY) -m pytest -q tests
 
 demo: $(STAMP)

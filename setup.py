@@ -28,5 +28,6 @@ setup(
         "filelock",
         "Pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    # ruff pinned: `make test` checks the formatting, which changes between ruff versions.
+    extras_require={"test": ["pytest", "ruff==0.17.6"]},
 )

@@ -16,6 +16,7 @@ images are empty files, since no loader opens them.
 
     python bench/coco_registration.py [--images 20000] [--workdir DIR]
 """
+
 import argparse
 import json
 import os
@@ -46,9 +47,14 @@ def write_dataset(folder, num_images, seed=0):
         for _ in range(int(rng.integers(1, 14))):
             x, y = rng.uniform(0, 560, size=2)
             w, h = rng.uniform(8, 80, size=2)
-            ann = {"id": len(annotations) + 1, "image_id": i + 1,
-                   "category_id": categories[int(rng.integers(len(categories)))]["id"],
-                   "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": i + 1,
+                "category_id": categories[int(rng.integers(len(categories)))]["id"],
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
             if rng.random() < 0.01:
                 ann["iscrowd"] = 1
                 counts = [int(v) for v in rng.integers(1, 200, 40)]
@@ -56,9 +62,14 @@ def write_dataset(folder, num_images, seed=0):
             else:
                 points = int(rng.integers(10, 41))
                 angles = np.sort(rng.uniform(0, 2 * np.pi, points))
-                ann["segmentation"] = [np.round(np.stack([x + w / 2 * (1 + np.cos(angles)),
-                                                          y + h / 2 * (1 + np.sin(angles))], 1)
-                                                .ravel(), 2).tolist()]
+                ann["segmentation"] = [
+                    np.round(
+                        np.stack(
+                            [x + w / 2 * (1 + np.cos(angles)), y + h / 2 * (1 + np.sin(angles))], 1
+                        ).ravel(),
+                        2,
+                    ).tolist()
+                ]
             annotations.append(ann)
     json_file = os.path.join(folder, "instances.json")
     with open(json_file, "w") as f:
@@ -105,9 +116,11 @@ def main():
         assert ours() == stock_once()
         rows = []
         ours_s = timed(ours, args.repeats)
-        for label, fn in (("ours: register (metadata) + load", None),
-                          ("detectron2: load_coco_json at registration + load", stock_twice),
-                          ("detectron2: load_coco_json once (no metadata before)", stock_once)):
+        for label, fn in (
+            ("ours: register (metadata) + load", None),
+            ("detectron2: load_coco_json at registration + load", stock_twice),
+            ("detectron2: load_coco_json once (no metadata before)", stock_once),
+        ):
             seconds = ours_s if fn is None else timed(fn, args.repeats)
             rows.append([label, f"{seconds:.2f}", f"{seconds / ours_s:.2f}x"])
         print(tabulate(rows, headers=["path", "seconds (best of %d)" % args.repeats, "vs ours"]))

@@ -15,6 +15,7 @@ of distinct annotations. Then, in the same run on the same files:
 
     python bench/data_loading.py [--images 3000] [--workdir DIR]
 """
+
 import argparse
 import json
 import math
@@ -30,9 +31,26 @@ from tabulate import tabulate
 from d2_finetune.data.cityscapes import CITYSCAPES_THING_CLASSES, load_cityscapes_instances
 
 WIDTH, HEIGHT = 2048, 1024
-CITIES = ["aachen", "bochum", "bremen", "cologne", "darmstadt", "dusseldorf", "erfurt",
-          "hamburg", "hanover", "jena", "krefeld", "monchengladbach", "strasbourg", "stuttgart",
-          "tubingen", "ulm", "weimar", "zurich"]
+CITIES = [
+    "aachen",
+    "bochum",
+    "bremen",
+    "cologne",
+    "darmstadt",
+    "dusseldorf",
+    "erfurt",
+    "hamburg",
+    "hanover",
+    "jena",
+    "krefeld",
+    "monchengladbach",
+    "strasbourg",
+    "stuttgart",
+    "tubingen",
+    "ulm",
+    "weimar",
+    "zurich",
+]
 # Rough share of each class among Cityscapes train instances.
 THING_SHARE = [0.34, 0.04, 0.49, 0.01, 0.01, 0.005, 0.015, 0.09]
 STUFF = ["vegetation", "pole", "traffic sign", "traffic light", "terrain", "fence", "wall"]
@@ -41,40 +59,69 @@ STUFF = ["vegetation", "pole", "traffic sign", "traffic light", "terrain", "fenc
 def _blob(rng, cx, cy, w, h, points):
     angles = np.sort(rng.uniform(0, 2 * math.pi, points))
     radius = rng.uniform(0.8, 1.0, points)
-    return [[int(cx + w / 2 * r * math.cos(t)), int(cy + h / 2 * r * math.sin(t))]
-            for r, t in zip(radius, angles)]
+    return [
+        [int(cx + w / 2 * r * math.cos(t)), int(cy + h / 2 * r * math.sin(t))]
+        for r, t in zip(radius, angles)
+    ]
 
 
 def _annotation(rng):
     horizon = int(HEIGHT * rng.uniform(0.4, 0.5))
     objects = [
-        {"label": "sky", "polygon": [[0, 0], [WIDTH, 0], [WIDTH, horizon - 200], [0, horizon - 200]]},
-        {"label": "building", "polygon": _blob(rng, WIDTH / 2, horizon - 150, WIDTH * 1.1, 400, 60)},
-        {"label": "road", "polygon": [[0, horizon], [WIDTH, horizon], [WIDTH, HEIGHT], [0, HEIGHT]]},
+        {
+            "label": "sky",
+            "polygon": [[0, 0], [WIDTH, 0], [WIDTH, horizon - 200], [0, horizon - 200]],
+        },
+        {
+            "label": "building",
+            "polygon": _blob(rng, WIDTH / 2, horizon - 150, WIDTH * 1.1, 400, 60),
+        },
+        {
+            "label": "road",
+            "polygon": [[0, horizon], [WIDTH, horizon], [WIDTH, HEIGHT], [0, HEIGHT]],
+        },
         {"label": "sidewalk", "polygon": _blob(rng, 200, horizon + 150, 500, 300, 30)},
     ]
     for _ in range(16):
-        objects.append({
-            "label": STUFF[rng.integers(len(STUFF))],
-            "polygon": _blob(rng, rng.uniform(0, WIDTH), rng.uniform(0, horizon + 100),
-                             rng.uniform(20, 300), rng.uniform(40, 400), int(rng.integers(8, 40))),
-        })
+        objects.append(
+            {
+                "label": STUFF[rng.integers(len(STUFF))],
+                "polygon": _blob(
+                    rng,
+                    rng.uniform(0, WIDTH),
+                    rng.uniform(0, horizon + 100),
+                    rng.uniform(20, 300),
+                    rng.uniform(40, 400),
+                    int(rng.integers(8, 40)),
+                ),
+            }
+        )
     if rng.random() < 0.3:
-        objects.append({
-            "label": CITYSCAPES_THING_CLASSES[rng.integers(8)] + "group",
-            "polygon": _blob(rng, rng.uniform(0, WIDTH), horizon + 100, 400, 200, 40),
-        })
+        objects.append(
+            {
+                "label": CITYSCAPES_THING_CLASSES[rng.integers(8)] + "group",
+                "polygon": _blob(rng, rng.uniform(0, WIDTH), horizon + 100, 400, 200, 40),
+            }
+        )
     for _ in range(int(rng.integers(15, 21))):
         name = CITYSCAPES_THING_CLASSES[rng.choice(8, p=THING_SHARE)]
         h = rng.uniform(40, 350)
         w = h * (0.4 if name in ("person", "rider") else 1.8)
         cx, cy = rng.uniform(0, WIDTH), rng.uniform(horizon, HEIGHT - h / 3)
-        objects.append({"label": name, "polygon": _blob(rng, cx, cy, w, h, int(rng.integers(20, 80)))})
+        objects.append(
+            {"label": name, "polygon": _blob(rng, cx, cy, w, h, int(rng.integers(20, 80)))}
+        )
         if name == "car" and rng.random() < 0.5:
             x, y = int(cx), int(cy)
-            objects.append({"label": "license plate",
-                            "polygon": [[x - 15, y], [x + 15, y], [x + 15, y + 8], [x - 15, y + 8]]})
-    objects.append({"label": "ego vehicle", "polygon": _blob(rng, WIDTH / 2, HEIGHT, WIDTH, 150, 40)})
+            objects.append(
+                {
+                    "label": "license plate",
+                    "polygon": [[x - 15, y], [x + 15, y], [x + 15, y + 8], [x - 15, y + 8]],
+                }
+            )
+    objects.append(
+        {"label": "ego vehicle", "polygon": _blob(rng, WIDTH / 2, HEIGHT, WIDTH, 150, 40)}
+    )
     return {"imgHeight": HEIGHT, "imgWidth": WIDTH, "objects": objects}
 
 
@@ -127,7 +174,9 @@ def main():
     cache_dir = os.path.join(workdir, "cache")
     shutil.rmtree(cache_dir, ignore_errors=True)
     gen_time, (image_dir, gt_dir) = _timed(lambda: make_split(workdir, args.images))
-    print(f"Generated {args.images} images in {gen_time:.1f}s under {workdir}; {os.cpu_count()} CPUs")
+    print(
+        f"Generated {args.images} images in {gen_time:.1f}s under {workdir}; {os.cpu_count()} CPUs"
+    )
 
     cold, ours = _timed(lambda: load_cityscapes_instances(image_dir, gt_dir, cache_dir=cache_dir))
     warm = min(
@@ -144,10 +193,14 @@ def main():
         ["detectron2 builtin (no cache)", f"{d2_time:.2f}", "1.0x"],
     ]
     print(tabulate(rows, headers=["loader", "seconds", "speed-up vs detectron2"]))
-    print(f"images: {len(ours)} (ours) / {len(theirs)} (detectron2); "
-          f"instances incl. crowd: {ours_count} / {theirs_count}")
-    print(f"cold speed-up {d2_time / cold:.2f}x (target >= 1), "
-          f"warm speed-up {d2_time / warm:.1f}x (target >= 20)")
+    print(
+        f"images: {len(ours)} (ours) / {len(theirs)} (detectron2); "
+        f"instances incl. crowd: {ours_count} / {theirs_count}"
+    )
+    print(
+        f"cold speed-up {d2_time / cold:.2f}x (target >= 1), "
+        f"warm speed-up {d2_time / warm:.1f}x (target >= 20)"
+    )
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 

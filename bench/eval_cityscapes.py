@@ -11,6 +11,7 @@ evaluator gets the same predictions in the same run; each is timed from ``reset`
     python bench/eval_cityscapes.py                    # 500 images, as in the measurements
     python bench/eval_cityscapes.py --num-images 20    # a quick run
 """
+
 import argparse
 import os
 import sys
@@ -31,11 +32,27 @@ from d2_finetune.evaluation import CityscapesInstanceEvaluator
 
 WIDTH, HEIGHT = 2048, 1024
 CITIES = ["frankfurt", "lindau", "munster"]
-LABEL_IDS = {"person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "train": 31,
-             "motorcycle": 32, "bicycle": 33}
+LABEL_IDS = {
+    "person": 24,
+    "rider": 25,
+    "car": 26,
+    "truck": 27,
+    "bus": 28,
+    "train": 31,
+    "motorcycle": 32,
+    "bicycle": 33,
+}
 # (relative frequency, width / height) per class.
-CLASS_SHAPES = {"person": (25, 0.4), "rider": (5, 0.5), "car": (45, 1.8), "truck": (5, 1.6),
-                "bus": (4, 2.2), "train": (3, 3.5), "motorcycle": (4, 1.2), "bicycle": (9, 1.3)}
+CLASS_SHAPES = {
+    "person": (25, 0.4),
+    "rider": (5, 0.5),
+    "car": (45, 1.8),
+    "truck": (5, 1.6),
+    "bus": (4, 2.2),
+    "train": (3, 3.5),
+    "motorcycle": (4, 1.2),
+    "bicycle": (9, 1.3),
+}
 STUFF = [(23, 0.0), (11, 0.12), (21, 0.3), (8, 0.42), (7, 0.48)]  # sky, building, vegetation,
 # sidewalk, road: (label id, top as a fraction of the height)
 
@@ -47,8 +64,10 @@ def _ellipse_or_box(draw, rng, cx, cy, w, h, value):
     else:
         cut = min(w, h) * 0.2
         x0, y0, x1, y1 = box
-        draw.polygon([(x0 + cut, y0), (x1 - cut, y0), (x1, y0 + cut), (x1, y1), (x0, y1),
-                      (x0, y0 + cut)], fill=int(value))
+        draw.polygon(
+            [(x0 + cut, y0), (x1 - cut, y0), (x1, y0 + cut), (x1, y1), (x0, y1), (x0, y0 + cut)],
+            fill=int(value),
+        )
 
 
 def make_ground_truth(rng):
@@ -58,8 +77,15 @@ def make_ground_truth(rng):
     for label_id, top in STUFF:
         draw.rectangle([0, int(top * HEIGHT), WIDTH, HEIGHT], fill=label_id)
     for _ in range(rng.integers(0, 4)):  # static / dynamic / parking patches: void
-        _ellipse_or_box(draw, rng, rng.uniform(0, WIDTH), rng.uniform(0.4, 1) * HEIGHT,
-                        rng.uniform(20, 300), rng.uniform(20, 150), rng.choice([4, 5, 9]))
+        _ellipse_or_box(
+            draw,
+            rng,
+            rng.uniform(0, WIDTH),
+            rng.uniform(0.4, 1) * HEIGHT,
+            rng.uniform(20, 300),
+            rng.uniform(20, 150),
+            rng.choice([4, 5, 9]),
+        )
     names = list(CLASS_SHAPES)
     weights = np.array([CLASS_SHAPES[n][0] for n in names], dtype=float)
     horizon = 0.45 * HEIGHT
@@ -72,8 +98,15 @@ def make_ground_truth(rng):
     for _ in range(rng.binomial(2, 0.3)):  # crowds
         name = rng.choice(["person", "car", "bicycle"])
         h = rng.uniform(60, 250)
-        objects.append((h * 0.99, name + "group", rng.uniform(0, WIDTH), horizon + h * 0.6,
-                        h * rng.uniform(2, 5)))
+        objects.append(
+            (
+                h * 0.99,
+                name + "group",
+                rng.uniform(0, WIDTH),
+                horizon + h * 0.6,
+                h * rng.uniform(2, 5),
+            )
+        )
     counters = {}
     for h, name, cx, cy, w in sorted(objects):  # far (small) ones first, covered by near ones
         if name.endswith("group"):
@@ -83,7 +116,7 @@ def make_ground_truth(rng):
             value = LABEL_IDS[name] * 1000 + counters[name]
         _ellipse_or_box(draw, rng, cx, min(cy, HEIGHT - h / 2), w, h, value)
     ids = np.array(canvas, dtype=np.int32)
-    ids[int(0.9 * HEIGHT):, :] = 1  # ego vehicle
+    ids[int(0.9 * HEIGHT) :, :] = 1  # ego vehicle
     ids[:, :4] = ids[:, -4:] = ids[:4, :] = 2  # rectification border
     return ids
 
@@ -115,8 +148,15 @@ def make_predictions(rng, ids, target=18):
     while len(masks) < target:  # false positives
         mask = Image.new("L", (WIDTH, HEIGHT), 0)
         h = float(np.exp(rng.uniform(np.log(12), np.log(300))))
-        _ellipse_or_box(ImageDraw.Draw(mask), rng, rng.uniform(0, WIDTH),
-                        rng.uniform(0.4, 0.95) * HEIGHT, h * rng.uniform(0.4, 2.5), h, 1)
+        _ellipse_or_box(
+            ImageDraw.Draw(mask),
+            rng,
+            rng.uniform(0, WIDTH),
+            rng.uniform(0.4, 0.95) * HEIGHT,
+            h * rng.uniform(0.4, 2.5),
+            h,
+            1,
+        )
         masks.append(np.asarray(mask) > 0)
         classes.append(int(rng.integers(len(CITYSCAPES_THING_CLASSES))))
         scores.append(rng.uniform(0.05, 0.8))
@@ -147,11 +187,12 @@ def write_dataset(root, num_images, seed):
 def compact(instances):
     """Predictions as (class, score, y0, x0, height, width, packed mask crop) tuples."""
     preds = []
-    for mask, cls, score in zip(instances.pred_masks.numpy(), instances.pred_classes.tolist(),
-                                instances.scores.tolist()):
+    for mask, cls, score in zip(
+        instances.pred_masks.numpy(), instances.pred_classes.tolist(), instances.scores.tolist()
+    ):
         ys, xs = np.nonzero(mask)
         y0, x0 = ys.min(), xs.min()
-        crop = mask[y0:ys.max() + 1, x0:xs.max() + 1]
+        crop = mask[y0 : ys.max() + 1, x0 : xs.max() + 1]
         preds.append((cls, score, y0, x0, crop.shape[0], crop.shape[1], np.packbits(crop)))
     return preds
 
@@ -165,10 +206,10 @@ class Feeder:
 
     def __call__(self, preds):
         for i, y0, x0, h, w in self.used:
-            self.buffer[i, y0:y0 + h, x0:x0 + w] = False
+            self.buffer[i, y0 : y0 + h, x0 : x0 + w] = False
         self.used = []
         for i, (_, _, y0, x0, h, w, bits) in enumerate(preds):
-            self.buffer[i, y0:y0 + h, x0:x0 + w] = np.unpackbits(bits)[: h * w].reshape(h, w)
+            self.buffer[i, y0 : y0 + h, x0 : x0 + w] = np.unpackbits(bits)[: h * w].reshape(h, w)
             self.used.append((i, y0, x0, h, w))
         instances = Instances((HEIGHT, WIDTH))
         instances.pred_masks = torch.from_numpy(self.buffer[: len(preds)])
@@ -182,8 +223,14 @@ def run(evaluator, files, predictions, feeder, workdir):
     start = time.perf_counter()
     evaluator.reset()
     for (image, _), preds in zip(files, predictions):
-        inputs = [{"file_name": image, "image_id": os.path.basename(image)[:-16],
-                   "height": HEIGHT, "width": WIDTH}]
+        inputs = [
+            {
+                "file_name": image,
+                "image_id": os.path.basename(image)[:-16],
+                "height": HEIGHT,
+                "width": WIDTH,
+            }
+        ]
         evaluator.process(inputs, [{"instances": feeder(preds)}])
     middle = time.perf_counter()
     cwd = os.getcwd()
@@ -222,25 +269,35 @@ def main(argv=None):
         name = "bench_cityscapes_val"
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
-        MetadataCatalog.get(name).set(gt_dir=os.path.join(root, "gtFine", "val"),
-                                      thing_classes=list(CITYSCAPES_THING_CLASSES))
-        evaluators = {"detectron2": DetectronEvaluator(name),
-                      "d2_finetune": CityscapesInstanceEvaluator(name)}
+        MetadataCatalog.get(name).set(
+            gt_dir=os.path.join(root, "gtFine", "val"), thing_classes=list(CITYSCAPES_THING_CLASSES)
+        )
+        evaluators = {
+            "detectron2": DetectronEvaluator(name),
+            "d2_finetune": CityscapesInstanceEvaluator(name),
+        }
         timings = {key: run(e, files, predictions, feeder, tmp) for key, e in evaluators.items()}
 
     num_predictions = sum(len(p) for p in predictions)
-    print(f"\n{args.num_images} images of {WIDTH}x{HEIGHT}, "
-          f"{num_predictions / args.num_images:.1f} predictions per image; "
-          f"feeding the predictions alone takes {feeding:.2f} s (included below)")
-    print(f"{'evaluator':<12} {'reset+process s':>15} {'evaluate s':>11} {'total s':>9} "
-          f"{'speed-up':>9} {'AP':>9} {'AP50':>9}")
+    print(
+        f"\n{args.num_images} images of {WIDTH}x{HEIGHT}, "
+        f"{num_predictions / args.num_images:.1f} predictions per image; "
+        f"feeding the predictions alone takes {feeding:.2f} s (included below)"
+    )
+    print(
+        f"{'evaluator':<12} {'reset+process s':>15} {'evaluate s':>11} {'total s':>9} "
+        f"{'speed-up':>9} {'AP':>9} {'AP50':>9}"
+    )
     reference = sum(timings["detectron2"][:2])
     for key, (process, evaluate, results) in timings.items():
         total = process + evaluate
-        print(f"{key:<12} {process:>15.2f} {evaluate:>11.2f} {total:>9.2f} "
-              f"{reference / total:>8.1f}x {results['AP']:>9.4f} {results['AP50']:>9.4f}")
-    diff = max(abs(timings["detectron2"][2][k] - t[2][k]) for t in timings.values()
-               for k in ("AP", "AP50"))
+        print(
+            f"{key:<12} {process:>15.2f} {evaluate:>11.2f} {total:>9.2f} "
+            f"{reference / total:>8.1f}x {results['AP']:>9.4f} {results['AP50']:>9.4f}"
+        )
+    diff = max(
+        abs(timings["detectron2"][2][k] - t[2][k]) for t in timings.values() for k in ("AP", "AP50")
+    )
     print(f"largest AP difference to detectron2: {diff:.2e}")
 
 

@@ -4,13 +4,15 @@
 Times the whole inference loop (test loader, model, postprocessing; the evaluator itself
 excluded) over generated 2048x1024 Cityscapes-layout val images with the R50-FPN of
 ``configs/cityscapes_ft.py``: detectron2's stock test loader at batch 1 in float32, then our
-path (``d2_finetune.engine.evaluate``) at batch 1 and batch N, in float32 and with AMP. All runs load
+path (``d2_finetune.engine.evaluate``) at batch 1 and batch N, in float32 and with AMP. All runs
+load
 the same weights, in one process, after a warm-up pass; the stock row runs them in detectron2's
 NCHW layout, ours in channels-last (``train.channels_last``).
 
     python bench/eval_inference.py                    # GPU
     python bench/eval_inference.py --smoke            # CPU: tiny images and model
 """
+
 import argparse
 import os
 import time
@@ -46,7 +48,9 @@ def timed(fn, images):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work-dir", default="output/bench_eval_inference")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
@@ -54,12 +58,14 @@ def main():
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
 
+    from tabulate import tabulate
+
+    from detectron2.evaluation import inference_on_dataset
+
     from d2_finetune.data.loaders import build_test_loader
     from d2_finetune.demo import make_calibrated_init
     from d2_finetune.demo.synthetic import make_cityscapes, make_cityscapes_parallel
     from d2_finetune.engine import autocast_context, load_for_inference, prepare_config
-    from detectron2.evaluation import inference_on_dataset
-    from tabulate import tabulate
 
     config = SMOKE_CONFIG if args.smoke else CONFIG
     size = (256, 128) if args.smoke else (2048, 1024)
@@ -70,22 +76,30 @@ def main():
         make_cityscapes(root, {"train": 2}, size=size, seed=5)
         make_cityscapes_parallel(root, "val", images, size=size, seed=6)
     init = args.init or os.path.join(work, "init.pth")
-    base = [f"dataloader.register.root={root}", f"train.output_dir={work}/out", "train.seed=0",
-            "dataloader.train.total_batch_size=2"]
+    base = [
+        f"dataloader.register.root={root}",
+        f"train.output_dir={work}/out",
+        "train.seed=0",
+        "dataloader.train.total_batch_size=2",
+    ]
     if not os.path.isfile(init):
         make_calibrated_init(config, base, init)
 
     def cfg_for(batch, amp, channels_last=True):
-        overrides = base + [f"train.init_checkpoint={init}", f"dataloader.test.batch_size={batch}",
-                            f"train.amp.enabled={amp}", f"train.channels_last={channels_last}"]
+        overrides = base + [
+            f"train.init_checkpoint={init}",
+            f"dataloader.test.batch_size={batch}",
+            f"train.amp.enabled={amp}",
+            f"train.channels_last={channels_last}",
+        ]
         return prepare_config(config, overrides, training=False)
 
     model = load_for_inference(cfg_for(1, False))
     stock_model = load_for_inference(cfg_for(1, False, channels_last=False))
 
     # detectron2's own test loader for this dataset, as DefaultTrainer builds it from yacs.
-    from detectron2.config import get_cfg
     from detectron2 import model_zoo
+    from detectron2.config import get_cfg
     from detectron2.engine import DefaultTrainer
 
     yacs = get_cfg()
@@ -119,12 +133,20 @@ def main():
         rows.append([name, f"{timed(fn, images):.1f}"])
     print(tabulate(rows, headers=["path", "images/s"]))
     speed = {r[0]: float(r[1]) for r in rows}
-    print(f"ratio batch {args.batch} / batch 1 (fp32): "
-          f"{speed[f'ours, batch {args.batch}, fp32'] / speed['ours, batch 1, fp32']:.2f}x")
-    print(f"ratio ours batch {args.batch} AMP / stock batch 1 fp32: "
-          f"{speed[f'ours, batch {args.batch}, AMP'] / speed['stock test loader, batch 1, fp32']:.2f}x")
+    stock = "stock test loader, batch 1, fp32"
+    print(
+        f"ratio batch {args.batch} / batch 1 (fp32): "
+        f"{speed[f'ours, batch {args.batch}, fp32'] / speed['ours, batch 1, fp32']:.2f}x"
+    )
+    print(
+        f"ratio ours batch {args.batch} AMP / stock batch 1 fp32: "
+        f"{speed[f'ours, batch {args.batch}, AMP'] / speed[stock]:.2f}x"
+    )
     if args.smoke:
-        print("(--smoke checks that both paths run on a CPU with tiny sizes: these are not benchmark figures)")
+        print(
+            "(--smoke checks that both paths run on a CPU with tiny sizes: these are not "
+            "benchmark figures)"
+        )
 
 
 if __name__ == "__main__":

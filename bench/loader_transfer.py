@@ -18,6 +18,7 @@ median over the rounds, in ms per image:
 
     python bench/loader_transfer.py [--rounds 12] [--workers 2]
 """
+
 import argparse
 import copy
 import os
@@ -26,8 +27,9 @@ import time
 
 import torch
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "cityscapes_ft.py")  # its train mapper is the Cityscapes recipe
+CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cityscapes_ft.py"
+)  # its train mapper is the Cityscapes recipe
 
 
 class Copies(torch.utils.data.Dataset):
@@ -62,8 +64,9 @@ def open_loader(sample, strategy, workers, per_round):
     (workers keep the strategy in force when they start), its queue deep enough for a round."""
     torch.multiprocessing.set_sharing_strategy(strategy)
     prefetch = -(-per_round // workers) + 1
-    loader = torch.utils.data.DataLoader(Copies(sample), num_workers=workers, collate_fn=first,
-                                         prefetch_factor=prefetch)
+    loader = torch.utils.data.DataLoader(
+        Copies(sample), num_workers=workers, collate_fn=first, prefetch_factor=prefetch
+    )
     it = iter(loader)
     for _ in range(workers * prefetch):
         next(it)
@@ -86,17 +89,20 @@ def receive_ms(iterators, rounds, per_round):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work-dir", default="output/bench_loader_transfer")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--per-round", type=int, default=16, help="samples taken per round")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
+    from tabulate import tabulate
+
     from detectron2.config import instantiate
     from detectron2.data import DatasetMapper as StockMapper
     from detectron2.data.datasets.cityscapes import load_cityscapes_instances as stock_load
-    from tabulate import tabulate
 
     from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
@@ -112,7 +118,9 @@ def main():
     kwargs = dict(is_train=True, augmentations=augs, image_format="BGR", use_instance_mask=True)
     stock_record = stock_load(image_dir, gt_dir, from_json=True, to_polygons=True)[0]
     our_record = load_cityscapes_instances(image_dir, gt_dir, cache=False)[0]
-    stock_sample = StockMapper(instance_mask_format="polygon", **kwargs)(copy.deepcopy(stock_record))
+    stock_sample = StockMapper(instance_mask_format="polygon", **kwargs)(
+        copy.deepcopy(stock_record)
+    )
     our_sample = DatasetMapper(instance_mask_format="cropped", **kwargs)(copy.deepcopy(our_record))
 
     cases = [
@@ -120,18 +128,29 @@ def main():
         ("ours: cropped masks", our_sample, "file_descriptor"),
         ("ours: cropped masks", our_sample, "file_system"),
     ]
-    iterators = [open_loader(sample, strategy, args.workers, args.per_round)
-                 for _, sample, strategy in cases]
+    iterators = [
+        open_loader(sample, strategy, args.workers, args.per_round) for _, sample, strategy in cases
+    ]
     medians = receive_ms(iterators, args.rounds, args.per_round)
-    rows = [(name, strategy, count_tensors(sample), ms)
-            for (name, sample, strategy), ms in zip(cases, medians)]
+    rows = [
+        (name, strategy, count_tensors(sample), ms)
+        for (name, sample, strategy), ms in zip(cases, medians)
+    ]
     h, w = our_sample["image"].shape[1:]
-    print(f"\none mapped {w}x{h} image, {len(our_sample['instances'])} instances; "
-          f"{args.workers} workers, median of {args.rounds} rounds of {args.per_round} images\n")
-    print(tabulate([(n, s, t, f"{ms:.2f}") for n, s, t, ms in rows],
-                   headers=["sample", "tensor sharing", "tensors", "ms per image in the training process"]))
-    print(f"\nratio stock / ours: {rows[0][3] / rows[2][3]:.2f}x; "
-          f"ours file_descriptor / file_system: {rows[1][3] / rows[2][3]:.2f}x")
+    print(
+        f"\none mapped {w}x{h} image, {len(our_sample['instances'])} instances; "
+        f"{args.workers} workers, median of {args.rounds} rounds of {args.per_round} images\n"
+    )
+    print(
+        tabulate(
+            [(n, s, t, f"{ms:.2f}") for n, s, t, ms in rows],
+            headers=["sample", "tensor sharing", "tensors", "ms per image in the training process"],
+        )
+    )
+    print(
+        f"\nratio stock / ours: {rows[0][3] / rows[2][3]:.2f}x; "
+        f"ours file_descriptor / file_system: {rows[1][3] / rows[2][3]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ loader. Prints the share of instances at IoU >= 0.95 and the share that are exac
 
     python bench/mask_fidelity.py [--images 10] [--work-dir output/bench_mask_fidelity]
 """
+
 import argparse
 import os
 import shutil
@@ -29,8 +30,11 @@ def official_instances(record):
 
     gt = record["file_name"].replace(os.sep + "leftImg8bit" + os.sep, os.sep + "gtFine" + os.sep)
     ids = np.asarray(Image.open(gt[: -len("_leftImg8bit.png")] + "_gtFine_instanceIds.png"))
-    return {int(v): ids == v for v in np.unique(ids)
-            if v >= 1000 and id2label[int(v) // 1000].name in cs.CITYSCAPES_THING_CLASSES}
+    return {
+        int(v): ids == v
+        for v in np.unique(ids)
+        if v >= 1000 and id2label[int(v) // 1000].name in cs.CITYSCAPES_THING_CLASSES
+    }
 
 
 def decode(segmentation, height, width):
@@ -45,8 +49,11 @@ def best_ious(records):
 
     ious = []
     for r in records:
-        masks = [(a["category_id"], decode(a["segmentation"], r["height"], r["width"]))
-                 for a in r["annotations"] if not a["iscrowd"]]
+        masks = [
+            (a["category_id"], decode(a["segmentation"], r["height"], r["width"]))
+            for a in r["annotations"]
+            if not a["iscrowd"]
+        ]
         for value, gt in official_instances(r).items():
             category = cs.CITYSCAPES_THING_CLASSES.index(id2label[value // 1000].name)
             best = 0.0
@@ -65,13 +72,21 @@ def main():
     parser.add_argument("--work-dir", default="output/bench_mask_fidelity")
     args = parser.parse_args()
     shutil.rmtree(args.work_dir, ignore_errors=True)
-    make_cityscapes(args.work_dir, {"val": args.images}, size=(384, 192), seed=args.seed,
-                    objects_per_image=(8, 12), group_prob=0.6)
+    make_cityscapes(
+        args.work_dir,
+        {"val": args.images},
+        size=(384, 192),
+        seed=args.seed,
+        objects_per_image=(8, 12),
+        group_prob=0.6,
+    )
     image_dir, gt_dir = cs.cityscapes_split_dirs(args.work_dir, "val")
     ours = best_ious(cs.load_cityscapes_instances(image_dir, gt_dir, cache=False))
     stock = best_ious(stock_load(image_dir, gt_dir, from_json=True, to_polygons=True))
-    rows = [(name, len(v), f"{100 * (v >= 0.95).mean():.1f}%", f"{100 * (v == 1.0).mean():.1f}%")
-            for name, v in (("ours", ours), ("detectron2 builtin (polygons)", stock))]
+    rows = [
+        (name, len(v), f"{100 * (v >= 0.95).mean():.1f}%", f"{100 * (v == 1.0).mean():.1f}%")
+        for name, v in (("ours", ours), ("detectron2 builtin (polygons)", stock))
+    ]
     print(f"{args.images} generated images of 384x192 with 8-12 overlapping objects each")
     print(tabulate(rows, headers=["loader", "instances", "IoU >= 0.95", "exact"]))
 

@@ -12,6 +12,7 @@ the faster (and the default there); the batched path is the default on GPUs.
 
     python bench/mask_targets.py [--repeat 10]
 """
+
 import argparse
 import copy
 import os
@@ -20,8 +21,9 @@ import time
 
 import torch
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "cityscapes_ft.py")  # its train mapper is the Cityscapes recipe
+CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cityscapes_ft.py"
+)  # its train mapper is the Cityscapes recipe
 
 
 def proposals_around(instances, count, generator):
@@ -38,15 +40,18 @@ def proposals_around(instances, count, generator):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work-dir", default="output/bench_mask_targets")
     parser.add_argument("--images", type=int, default=8, help="images per batch")
     parser.add_argument("--proposals", type=int, default=128, help="foreground proposals per image")
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
 
-    from detectron2.config import instantiate
     from tabulate import tabulate
+
+    from detectron2.config import instantiate
 
     from d2_finetune.config import load_config
     from d2_finetune.data.cityscapes import load_cityscapes_instances
@@ -63,8 +68,9 @@ def main():
     generator = torch.Generator().manual_seed(0)
     batch = []
     for record in records:
-        boxes, masks = proposals_around(mapper(copy.deepcopy(record))["instances"], args.proposals,
-                                        generator)
+        boxes, masks = proposals_around(
+            mapper(copy.deepcopy(record))["instances"], args.proposals, generator
+        )
         batch.append((boxes.to(device), masks.to(device)))
 
     def targets(batched):
@@ -76,7 +82,10 @@ def main():
     for a, b in zip(targets(True), targets(False), strict=True):
         assert torch.equal(a, b), "batched and per-crop targets differ"
     rows = []
-    for name, batched in (("one ROIAlign per crop", False), ("one batched ROIAlign per image", True)):
+    for name, batched in (
+        ("one ROIAlign per crop", False),
+        ("one batched ROIAlign per image", True),
+    ):
         targets(batched)
         times = []
         for _ in range(args.repeat):
@@ -85,8 +94,11 @@ def main():
             times.append((time.perf_counter() - start) * 1000)
         rows.append((name, statistics.median(times)))
     crops = sum(len(masks.crops) for _, masks in batch)
-    print(f"{device.type}: {len(batch)} images, {crops} ground-truth crops, {args.proposals} proposals "
-          f"each, 28x28 targets; the same masks both ways\n")
+    print(
+        f"{device.type}: {len(batch)} images, {crops} ground-truth crops, "
+        f"{args.proposals} proposals "
+        f"each, 28x28 targets; the same masks both ways\n"
+    )
     print(tabulate([(n, f"{ms:.2f}") for n, ms in rows], headers=["mask targets", "ms per batch"]))
     print(f"\nratio per-crop / batched: {rows[0][1] / rows[1][1]:.2f}x")
 

@@ -16,6 +16,7 @@ iterations (metrics.json), so both sides are measured the same way.
     python bench/train_throughput.py                 # GPU: 2048x1024, 192 images, 40 iterations
     python bench/train_throughput.py --smoke         # CPU: tiny images and model, 3 iterations
 """
+
 import argparse
 import json
 import os
@@ -36,8 +37,11 @@ VARIANTS = {
     "ours+nopin": ["dataloader.train.pin_memory=False"],  # pageable batches, blocking copies
     "ours+fdsharing": ["train.tensor_sharing=file_descriptor"],  # torch's default
     # all three as detectron2 has them
-    "ours+stocklevers": ["train.channels_last=False", "dataloader.train.pin_memory=False",
-                         "train.tensor_sharing=file_descriptor"],
+    "ours+stocklevers": [
+        "train.channels_last=False",
+        "dataloader.train.pin_memory=False",
+        "train.tensor_sharing=file_descriptor",
+    ],
 }
 
 
@@ -60,14 +64,20 @@ def generate(root, num_images, size, unique):
     while len(sources) + copy < num_images:
         city, stem = sources[copy % len(sources)]
         new_city = f"copy{copy // len(sources):02d}"
-        for kind, suffixes in (("leftImg8bit", ["_leftImg8bit.png"]),
-                               ("gtFine", ["_gtFine_polygons.json", "_gtFine_instanceIds.png",
-                                           "_gtFine_labelIds.png"])):
+        for kind, suffixes in (
+            ("leftImg8bit", ["_leftImg8bit.png"]),
+            (
+                "gtFine",
+                ["_gtFine_polygons.json", "_gtFine_instanceIds.png", "_gtFine_labelIds.png"],
+            ),
+        ):
             dst_dir = os.path.join(root, "cityscapes", kind, "train", new_city)
             os.makedirs(dst_dir, exist_ok=True)
             for suffix in suffixes:
-                os.link(os.path.join(root, "cityscapes", kind, "train", city, stem + suffix),
-                        os.path.join(dst_dir, f"{new_city}_{copy:06d}_000019" + suffix))
+                os.link(
+                    os.path.join(root, "cityscapes", kind, "train", city, stem + suffix),
+                    os.path.join(dst_dir, f"{new_city}_{copy:06d}_000019" + suffix),
+                )
         copy += 1
 
 
@@ -77,8 +87,12 @@ def make_init(root, out_file, smoke):
         return
     from d2_finetune.demo import make_calibrated_init
 
-    overrides = [f"dataloader.register.root={root}", "dataloader.train.total_batch_size=2",
-                 "train.seed=0", f"train.output_dir={os.path.dirname(out_file)}"]
+    overrides = [
+        f"dataloader.register.root={root}",
+        "dataloader.train.total_batch_size=2",
+        "train.seed=0",
+        f"train.output_dir={os.path.dirname(out_file)}",
+    ]
     make_calibrated_init(SMOKE_CONFIG if smoke else CONFIG, overrides, out_file)
 
 
@@ -154,8 +168,10 @@ class ProfileSteps:
                     ka = hook.prof.key_averages()
                     device = sum(e.self_device_time_total for e in ka) / 1e6
                     with open(out_file, "w") as f:
-                        f.write(f"{count} iterations: wall {wall:.3f} s, device busy (sum of kernel "
-                                f"times) {device:.3f} s\n\n")
+                        f.write(
+                            f"{count} iterations: wall {wall:.3f} s, device busy (sum of kernel "
+                            f"times) {device:.3f} s\n\n"
+                        )
                         f.write(ka.table(sort_by="self_cpu_time_total", row_limit=30))
                         f.write("\n\n")
                         if torch.cuda.is_available():
@@ -167,7 +183,9 @@ class ProfileSteps:
 def run_ours(args):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "scripts", "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_net", os.path.join(REPO, "scripts", "train_net.py")
+    )
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     overrides = [
@@ -205,14 +223,18 @@ def run_ours(args):
         if args.profile:
             first = max(args.iters - 6, 0)
             count = min(5, args.iters - first)
-            trainer.register_hooks([ProfileSteps(first, count, os.path.join(args.output, "profile.txt")).hook])
+            trainer.register_hooks(
+                [ProfileSteps(first, count, os.path.join(args.output, "profile.txt")).hook]
+            )
         if args.fixed_batch:  # the model step alone: one loaded batch, over and over
             trainer._trainer.data_loader = itertools.repeat(next(iter(trainer.data_loader)))
         trainer.resume_or_load(resume=False)
         trainer.train()
     from d2_finetune.engine import prepare_config
 
-    return prepare_config(config, overrides + args.extra, training=False).dataloader.train.num_workers
+    return prepare_config(
+        config, overrides + args.extra, training=False
+    ).dataloader.train.num_workers
 
 
 def child(args):
@@ -228,7 +250,9 @@ def child(args):
         "data_time": m.get("data_time"),
         "images_per_s": args.batch / m["time"],
         "loader_workers": workers,
-        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30
+        if torch.cuda.is_available()
+        else None,
         "wall_s": time.time() - start,
     }
     with open(os.path.join(args.output, "throughput.json"), "w") as f:
@@ -236,7 +260,9 @@ def child(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work-dir", default="output/bench_train_throughput")
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--unique", type=int, default=48, help="distinct rendered images")
@@ -245,15 +271,23 @@ def main():
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--stock-workers", type=int, default=4, help="the yacs recipe's default")
-    parser.add_argument("--runs", default="stock,ours",
-                        help="comma list of: stock, ours, ours-fp32, ours+workersN, ours+fixedbatch "
-                        "(the model step alone, no loader), or ours with one setting changed: "
-                        + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--runs",
+        default="stock,ours",
+        help="comma list of: stock, ours, ours-fp32, ours+workersN, ours+fixedbatch "
+        "(the model step alone, no loader), or ours with one setting changed: "
+        + ", ".join(VARIANTS),
+    )
     parser.add_argument("--extra", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--fixed-batch", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile 5 late iterations of 'ours' (profile.txt in its folder)")
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: 256x128, R18, 3 iterations")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 5 late iterations of 'ours' (profile.txt in its folder)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny CPU run: 256x128, R18, 3 iterations"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--label", help=argparse.SUPPRESS)
     parser.add_argument("--fp32", action="store_true", help=argparse.SUPPRESS)
@@ -264,27 +298,61 @@ def main():
     if args.run:
         return child(args)
     if args.smoke:
-        args.width, args.height, args.images, args.unique, args.iters, args.batch = 256, 128, 8, 4, 3, 2
+        args.width, args.height, args.images, args.unique, args.iters, args.batch = (
+            256,
+            128,
+            8,
+            4,
+            3,
+            2,
+        )
     work = os.path.abspath(args.work_dir)
     root = os.path.join(work, "data")
     init = os.path.join(work, "init", "init.pth")
     t0 = time.time()
     generate(root, args.images, (args.width, args.height), args.unique)
-    print(f"data: {args.images} images of {args.width}x{args.height} in {time.time() - t0:.0f} s", flush=True)
+    print(
+        f"data: {args.images} images of {args.width}x{args.height} in {time.time() - t0:.0f} s",
+        flush=True,
+    )
     make_init(root, init, args.smoke)
     results = []
     for run in args.runs.split(","):
         name, fp32 = ("ours", True) if run == "ours-fp32" else (run.split("+")[0], False)
         out = os.path.join(work, run)
         os.makedirs(out, exist_ok=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--run", name, "--root", root, "--init", init,
-               "--output", out, "--iters", str(args.iters), "--batch", str(args.batch),
-               "--stock-workers", str(args.stock_workers), "--width", str(args.width),
-               "--height", str(args.height), "--label", run] + (["--fp32"] if fp32 else []) + (["--smoke"] if args.smoke else [])
+        cmd = (
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--run",
+                name,
+                "--root",
+                root,
+                "--init",
+                init,
+                "--output",
+                out,
+                "--iters",
+                str(args.iters),
+                "--batch",
+                str(args.batch),
+                "--stock-workers",
+                str(args.stock_workers),
+                "--width",
+                str(args.width),
+                "--height",
+                str(args.height),
+                "--label",
+                run,
+            ]
+            + (["--fp32"] if fp32 else [])
+            + (["--smoke"] if args.smoke else [])
+        )
         for override in VARIANTS.get(run, []):
             cmd += ["--extra", override]
         if run.startswith("ours+workers"):
-            cmd += ["--extra", f"dataloader.train.num_workers={run[len('ours+workers'):]}"]
+            cmd += ["--extra", f"dataloader.train.num_workers={run[len('ours+workers') :]}"]
         if args.profile and run == "ours":
             cmd += ["--profile"]
         if run == "ours+fixedbatch":
@@ -302,11 +370,30 @@ def main():
             results.append(json.load(f))
     from tabulate import tabulate
 
-    rows = [[r["run"], f"{r['s_per_iter']:.3f}", f"{r['images_per_s']:.1f}",
-             f"{r['data_time']:.4f}" if r["data_time"] is not None else "-", r["loader_workers"],
-             f"{r['peak_gpu_gib']:.1f}" if r["peak_gpu_gib"] is not None else "-"] for r in results]
-    print(tabulate(rows, headers=["pipeline", "s/iter", "images/s", "data wait s/iter",
-                                  "loader workers", "peak GPU GiB"]))
+    rows = [
+        [
+            r["run"],
+            f"{r['s_per_iter']:.3f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['data_time']:.4f}" if r["data_time"] is not None else "-",
+            r["loader_workers"],
+            f"{r['peak_gpu_gib']:.1f}" if r["peak_gpu_gib"] is not None else "-",
+        ]
+        for r in results
+    ]
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "pipeline",
+                "s/iter",
+                "images/s",
+                "data wait s/iter",
+                "loader workers",
+                "peak GPU GiB",
+            ],
+        )
+    )
     for r in results:
         if r.get("overrides"):
             print(f"{r['run']}: {' '.join(r['overrides'])}")
@@ -314,11 +401,16 @@ def main():
     if "stock" in by:
         for name, r in by.items():
             if name != "stock":
-                print(f"ratio {name} / stock: {r['images_per_s'] / by['stock']['images_per_s']:.2f}x")
+                print(
+                    f"ratio {name} / stock: {r['images_per_s'] / by['stock']['images_per_s']:.2f}x"
+                )
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if args.smoke:
-        print("(--smoke checks that both paths run on a CPU with tiny sizes: these are not benchmark figures)")
+        print(
+            "(--smoke checks that both paths run on a CPU with tiny sizes: these are not "
+            "benchmark figures)"
+        )
 
 
 if __name__ == "__main__":

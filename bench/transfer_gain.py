@@ -18,6 +18,7 @@ of ~0.35 s and a dozen evaluations, about five minutes on a two-core CPU:
 
     python bench/transfer_gain.py [--output-dir output/bench_transfer] [--iters 200]
 """
+
 import argparse
 import json
 import os
@@ -62,17 +63,24 @@ def make_data(p, num_train, num_val):
 
 def make_standin(p, standin_iters):
     """Step 2: the demo's stand-in COCO checkpoint, in model-zoo .pkl format."""
-    overrides = standin_overrides(p) + HALF_RESOLUTION + [
-        f"train.max_iter={standin_iters}",
-        f"lr_multiplier.steps=[{standin_iters * 5 // 6}]",
-        f"lr_multiplier.warmup_iters={min(50, standin_iters // 4)}",
-        f"train.eval_period={standin_iters}",
-    ]
+    overrides = (
+        standin_overrides(p)
+        + HALF_RESOLUTION
+        + [
+            f"train.max_iter={standin_iters}",
+            f"lr_multiplier.steps=[{standin_iters * 5 // 6}]",
+            f"lr_multiplier.warmup_iters={min(50, standin_iters // 4)}",
+            f"train.eval_period={standin_iters}",
+        ]
+    )
     make_calibrated_init(STANDIN_CONFIG, overrides, os.path.join(p["standin"], "init.pth"))
     run_train_net(TRAIN_NET, STANDIN_CONFIG, overrides)
     pkl = os.path.join(p["standin"], "model_final.pkl")
-    save_model_zoo_pkl(os.path.join(p["standin"], "model_final.pth"), pkl,
-                       author="d2_finetune transfer bench COCO stand-in")
+    save_model_zoo_pkl(
+        os.path.join(p["standin"], "model_final.pth"),
+        pkl,
+        author="d2_finetune transfer bench COCO stand-in",
+    )
     return pkl
 
 
@@ -95,7 +103,9 @@ def ap_before_training(overrides):
     """Mask AP of the freshly loaded model (iteration 0); the eval-only guard does not apply."""
     cfg = prepare_config(FINETUNE_CONFIG, overrides, training=False)
     model = build_model(cfg)
-    build_checkpointer(cfg, model, record_name="bench_transfer.json").load(cfg.train.init_checkpoint)
+    build_checkpointer(cfg, model, record_name="bench_transfer.json").load(
+        cfg.train.init_checkpoint
+    )
     return mask_ap(flatten_results_dict(evaluate(cfg, model)))
 
 
@@ -124,8 +134,9 @@ def ap_during_training(output_dir, iters):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="output/bench_transfer")
     parser.add_argument("--num-train", type=int, default=60)
     parser.add_argument("--num-val", type=int, default=20)
@@ -152,8 +163,7 @@ def main():
         curves[mode].update(ap_during_training(os.path.join(p["finetune"], mode), args.iters))
 
     iterations = sorted(set().union(*curves.values()))
-    header = f"{'iteration':>9} | " + " | ".join(
-        f"{m + ' AP':>18} {'AP50':>6}" for m in MODES)
+    header = f"{'iteration':>9} | " + " | ".join(f"{m + ' AP':>18} {'AP50':>6}" for m in MODES)
     lines = [header, "-" * len(header)]
     for it in iterations:
         cells = []
@@ -163,12 +173,20 @@ def main():
         lines.append(f"{it:9d} | " + " | ".join(cells))
     print("\nMask AP on the synthetic Cityscapes-layout val split (same seed, data and schedule):")
     print("\n".join(lines))
-    print(f"\nStand-in checkpoint: {pkl} ({standin_done - start:.0f} s); fine-tuning and "
-          f"evaluation: {time.time() - standin_done:.0f} s.")
+    print(
+        f"\nStand-in checkpoint: {pkl} ({standin_done - start:.0f} s); fine-tuning and "
+        f"evaluation: {time.time() - standin_done:.0f} s."
+    )
     with open(os.path.join(p["finetune"], "transfer_gain.json"), "w") as f:
-        json.dump({"checkpoint": pkl, "args": vars(args),
-                   "curves": {m: {str(k): v for k, v in c.items()} for m, c in curves.items()}},
-                  f, indent=1)
+        json.dump(
+            {
+                "checkpoint": pkl,
+                "args": vars(args),
+                "curves": {m: {str(k): v for k, v in c.items()} for m, c in curves.items()},
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ A config is a Python file. It can build on others in two ways, which may be mixe
 
 Config files are Python and are executed when loaded: only load configs you trust.
 """
+
 import ast
 import collections.abc as abc
 import difflib
@@ -77,7 +78,9 @@ def _base_list(path):
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as e:
-        raise ConfigError(f"Config file {path} has a syntax error at line {e.lineno}: {e.msg}")
+        raise ConfigError(
+            f"Config file {path} has a syntax error at line {e.lineno}: {e.msg}"
+        ) from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == _BASE for t in node.targets
@@ -181,9 +184,11 @@ def _target_params(node):
             return None
     # A class whose __init__ takes **kwargs usually passes them to its base class (detectron2's
     # StandardROIHeads -> ROIHeads): follow the MRO until an __init__ without **kwargs.
-    callables = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(
-        target
-    ) else [target]
+    callables = (
+        [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+        if inspect.isclass(target)
+        else [target]
+    )
     names = []
     for fn in callables:
         try:
@@ -281,9 +286,7 @@ def _walk_to_parent(cfg, key, text):
             )
         node = node._get_node(part)
         if not isinstance(node, (DictConfig, ListConfig)):
-            raise ConfigError(
-                f"Cannot apply '{text}': {here} is a value, not a group of keys."
-            )
+            raise ConfigError(f"Cannot apply '{text}': {here} is a value, not a group of keys.")
     return node, parts[-1]
 
 

@@ -1,4 +1,5 @@
 """Files written so that a crash leaves the earlier version or the new one, never half of one."""
+
 import os
 
 __all__ = ["PARTIAL_SUFFIX", "atomic_write"]

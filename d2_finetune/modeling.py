@@ -1,4 +1,5 @@
 """Building a config's model, and starting one without an ImageNet-pretrained backbone."""
+
 import logging
 
 import torch

@@ -1,4 +1,5 @@
 """Predictions as pictures and JSON, for single images or folders."""
+
 import json
 import logging
 import os
@@ -62,7 +63,9 @@ def list_images(path):
     for folder, _, files in os.walk(path):
         found.extend(os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
     if not found:
-        raise UserError(f"--input {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder.")
+        raise UserError(
+            f"--input {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder."
+        )
     return sorted(found)
 
 
@@ -132,11 +135,18 @@ def run_predict(args):
         raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}.")
     paths = list_images(args.input)
     # The record of the weights loaded (inference_weights.json) goes beside the predictions.
-    cfg = prepare_config(args.config_file, args.opts, training=False,
-                         settings={"train.output_dir": args.output})
+    cfg = prepare_config(
+        args.config_file, args.opts, training=False, settings={"train.output_dir": args.output}
+    )
     model = load_for_inference(cfg)
     dataset = cfg.dataloader.test.dataset.names
     dataset = dataset if isinstance(dataset, str) else dataset[0]
     root = args.input if os.path.isdir(args.input) else None
-    return predict_images(Predictor(cfg, model), paths, args.output, dataset,
-                          confidence=args.confidence, input_root=root)
+    return predict_images(
+        Predictor(cfg, model),
+        paths,
+        args.output,
+        dataset,
+        confidence=args.confidence,
+        input_root=root,
+    )

@@ -1,14 +1,15 @@
 """The optimizer and the schedule: SGD with linear LR scaling, WarmupMultiStepLR's multiplier,
 and schedules stated in epochs (as in MMDetection's ``runner``/``lr_config``) resolved to
 iterations."""
+
 import math
 import re
 
 import torch
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
 from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from .errors import ConfigError
 
@@ -40,18 +41,32 @@ def scaled_lr(lr, batch, reference_batch):
     return lr * batch / reference_batch if reference_batch else lr
 
 
-def scaled_sgd(params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-               reference_batch=None, total_batch_size=None):
+def scaled_sgd(
+    params,
+    lr,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    reference_batch=None,
+    total_batch_size=None,
+):
     """``torch.optim.SGD`` whose ``lr``, stated for ``reference_batch`` images per iteration,
     scales linearly to ``total_batch_size`` (see :func:`scaled_lr`); with ``reference_batch=None``
     the LR is used as given."""
-    return torch.optim.SGD(params, lr=scaled_lr(lr, total_batch_size, reference_batch),
-                           momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                           nesterov=nesterov)
+    return torch.optim.SGD(
+        params,
+        lr=scaled_lr(lr, total_batch_size, reference_batch),
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+    )
 
 
-def warmup_multistep(*, max_iter, steps, gamma=0.1, warmup_iters=0, warmup_factor=0.001,
-                     warmup_method="linear"):
+def warmup_multistep(
+    *, max_iter, steps, gamma=0.1, warmup_iters=0, warmup_factor=0.001, warmup_method="linear"
+):
     """LR multiplier with the semantics of ``detectron2.solver.WarmupMultiStepLR``.
 
     The multiplier is ``gamma ** (number of steps <= iter)``; during the first ``warmup_iters``
@@ -118,31 +133,46 @@ def resolve_schedule(cfg, dataset_size=None, world_size=1):
     if needs_dataset_size(cfg):
         repeat = cfg.train.get("repeat", 1)
         if dataset_size is None or dataset_size <= 0:
-            raise ConfigError("A schedule in epochs (train.epochs, or a period such as "
-                              "train.eval_period='1 epoch') needs a non-empty training dataset "
-                              "to count iterations.")
+            raise ConfigError(
+                "A schedule in epochs (train.epochs, or a period such as "
+                "train.eval_period='1 epoch') needs a non-empty training dataset "
+                "to count iterations."
+            )
         if not (isinstance(repeat, int) and repeat >= 1):
             raise ConfigError(f"train.repeat must be an integer >= 1, got {repeat!r}.")
         per_epoch = math.ceil(dataset_size * repeat / batch)
-        rows.append(("iterations per epoch",
-                     f"ceil({dataset_size} x {repeat} / {batch}) = {per_epoch}"))
+        rows.append(
+            ("iterations per epoch", f"ceil({dataset_size} x {repeat} / {batch}) = {per_epoch}")
+        )
     epochs = cfg.train.get("epochs")
     if epochs is not None:
         step_epochs = list(cfg.train.get("step_epochs") or [])
         if any(not 0 < e < epochs for e in step_epochs):
             raise ConfigError(
-                f"train.step_epochs {step_epochs} must lie strictly between 0 and train.epochs={epochs}."
+                f"train.step_epochs {step_epochs} must lie strictly between 0 and "
+                f"train.epochs={epochs}."
             )
-        rows.insert(0, ("epochs", f"{epochs} x repeat {cfg.train.get('repeat', 1)} over "
-                                  f"{dataset_size} images"))
+        rows.insert(
+            0,
+            (
+                "epochs",
+                f"{epochs} x repeat {cfg.train.get('repeat', 1)} over {dataset_size} images",
+            ),
+        )
         if cfg.train.get("max_iter") is None:
             cfg.train.max_iter = int(round(epochs * per_epoch))
             cfg.lr_multiplier.steps = [int(round(e * per_epoch)) for e in step_epochs]
         else:  # the length given in iterations; the steps keep their place in it
-            cfg.lr_multiplier.steps = [int(round(e / epochs * cfg.train.max_iter))
-                                       for e in step_epochs]
-            rows.append(("length", f"train.max_iter={cfg.train.max_iter} given: the "
-                                   f"{epochs} epochs' steps at the same fractions of it"))
+            cfg.lr_multiplier.steps = [
+                int(round(e / epochs * cfg.train.max_iter)) for e in step_epochs
+            ]
+            rows.append(
+                (
+                    "length",
+                    f"train.max_iter={cfg.train.max_iter} given: the "
+                    f"{epochs} epochs' steps at the same fractions of it",
+                )
+            )
     for key in PERIOD_KEYS:
         stated = epochs_in(OmegaConf.select(cfg, key))
         if stated is not None:
@@ -158,7 +188,10 @@ def resolve_schedule(cfg, dataset_size=None, world_size=1):
     rows += [
         ("max_iter", cfg.train.max_iter),
         ("lr steps", f"{list(lm.steps)} (x{lm.get('gamma', 0.1)} each)"),
-        ("warmup", f"{lm.get('warmup_iters', 0)} iterations from {lm.get('warmup_factor', 0.001)} x lr"),
+        (
+            "warmup",
+            f"{lm.get('warmup_iters', 0)} iterations from {lm.get('warmup_factor', 0.001)} x lr",
+        ),
         ("base lr", f"{lr:g}"),
         ("batch", f"{batch} total = {batch // world_size} images per GPU x {world_size} GPU(s)"),
     ]

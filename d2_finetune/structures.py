@@ -11,6 +11,7 @@ edges. Only float rounding of the crop's coordinates against the image's can tip
 at the 0.5 threshold: 1 pixel in 29 million over 300 random cases. On GPUs it resizes all crops
 of an image in one ROIAlign, without waiting for the device.
 """
+
 import numpy as np
 import torch
 from torchvision.ops import roi_align
@@ -110,7 +111,9 @@ class CroppedMasks:
             crop, x0, y0 = self._crop(k, table)
             ys, xs = torch.nonzero(crop, as_tuple=True)
             if len(ys):
-                boxes[i] = torch.tensor([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
+                boxes[i] = torch.tensor(
+                    [x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1]
+                )
         return Boxes(boxes)
 
     def to_bitmaps(self):
@@ -153,8 +156,11 @@ class CroppedMasks:
         for k, (count, chunk) in enumerate(zip(counts, torch.split(local, counts))):
             if count:
                 crop = self._crop(k, table)[0].to(device=boxes.device, dtype=torch.float32)
-                results.append(roi_align(crop[None, None], [chunk], (mask_size, mask_size), 1.0, 0,
-                                         aligned=True)[:, 0])
+                results.append(
+                    roi_align(
+                        crop[None, None], [chunk], (mask_size, mask_size), 1.0, 0, aligned=True
+                    )[:, 0]
+                )
         out[order] = torch.cat(results) >= 0.5
         return out
 
@@ -189,7 +195,12 @@ class CroppedMasks:
         # From pageable memory the copy is staged before the call returns; non_blocking only
         # spares the wait for the device.
         places = torch.tensor(places, dtype=torch.int64).to(device, non_blocking=True)
-        offsets, widths, tops, lefts = places[:, 0].contiguous(), places[:, 1], places[:, 2], places[:, 3]
+        offsets, widths, tops, lefts = (
+            places[:, 0].contiguous(),
+            places[:, 1],
+            places[:, 2],
+            places[:, 3],
+        )
         pixel = torch.arange(self.data.numel(), device=device)
         crop = torch.searchsorted(offsets, pixel, right=True) - 1
         local = pixel - offsets[crop]
@@ -201,8 +212,14 @@ class CroppedMasks:
         index = self.index.to(device)
         local_boxes = boxes.float() - places[index, 4:6].float().repeat(1, 2)
         rois = torch.cat([index[:, None].float(), local_boxes], dim=1)
-        masks = roi_align(canvas.view(num_crops, 1, height, width), rois, (mask_size, mask_size),
-                          1.0, 0, aligned=True)[:, 0]
+        masks = roi_align(
+            canvas.view(num_crops, 1, height, width),
+            rois,
+            (mask_size, mask_size),
+            1.0,
+            0,
+            aligned=True,
+        )[:, 0]
         return masks >= 0.5
 
     def __repr__(self):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Run the fine-tuning recipe end to end offline (see d2_finetune/demo/pipeline.py)."""
+
 import argparse
 import os
 

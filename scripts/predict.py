@@ -4,6 +4,7 @@
     python scripts/predict.py --config-file configs/cityscapes_ft.py --input img.png|folder \
         --output out/ [--confidence 0.5] train.init_checkpoint=output/model_final.pth
 """
+
 from d2_finetune.engine import argument_parser, user_errors
 from d2_finetune.predict import run_predict
 

@@ -9,6 +9,7 @@ so a second run installs nothing:
    whose Python package runs on newer Pythons -- is re-tagged ``py3-none-any`` and installed);
 3. d2_finetune itself in editable mode, with its dependencies.
 """
+
 import argparse
 import base64
 import hashlib
@@ -68,7 +69,9 @@ def retag_wheel(src, dst_dir):
         record = []
         for row in payload[record_name].decode().splitlines():
             if row.startswith(wheel_name + ","):
-                row = f"{wheel_name},sha256={digest.rstrip(b'=').decode()},{len(payload[wheel_name])}"
+                row = (
+                    f"{wheel_name},sha256={digest.rstrip(b'=').decode()},{len(payload[wheel_name])}"
+                )
             record.append(row)
         payload[record_name] = ("\n".join(record) + "\n").encode()
         for fname, data in payload.items():
@@ -82,8 +85,14 @@ def ensure_detectron2():
         return
     with tempfile.TemporaryDirectory() as tmp:
         pip(
-            "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-            "-d", tmp, DETECTRON2_DIST,
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.10",
+            "-d",
+            tmp,
+            DETECTRON2_DIST,
         )
         (wheel,) = [f for f in os.listdir(tmp) if f.endswith(".whl")]
         fixed_dir = os.path.join(tmp, "py3")

@@ -5,6 +5,7 @@
         [--num-machines M --machine-rank R --dist-url URL] [--resume] [--eval-only] \
         [key=value ...]
 """
+
 from detectron2.utils import comm
 
 from d2_finetune.engine import (

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic datasets in real on-disk formats, and tiny configs."""
+
 import os
 
 import pytest
@@ -20,14 +21,22 @@ def run_script(name, args, timeout=300, check=True, **kwargs):
     import sys
 
     command = [sys.executable, os.path.join(REPO, "scripts", f"{name}.py"), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kwargs)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"{name}.py did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+        raise AssertionError(
+            f"{name}.py did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}"
+        ) from None
     done = subprocess.CompletedProcess(command, proc.returncode, out, err)
     if check and done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}\n{out[-3000:]}\n{err[-3000:]}")
@@ -162,14 +171,18 @@ def perfect_outputs(record, with_masks=False):
         for a in anns:
             segm = a["segmentation"]
             if isinstance(segm, dict):
-                rle = segm if isinstance(segm["counts"], (str, bytes)) else mask_util.frPyObjects(
-                    segm, *segm["size"])
+                rle = (
+                    segm
+                    if isinstance(segm["counts"], (str, bytes))
+                    else mask_util.frPyObjects(segm, *segm["size"])
+                )
                 masks.append(mask_util.decode(rle).astype(bool))
             else:
                 masks.append(polygons_to_bitmask(segm, record["height"], record["width"]))
         shape = (0, record["height"], record["width"])
-        instances.pred_masks = (torch.from_numpy(np.stack(masks)) if masks
-                                else torch.zeros(shape, dtype=torch.bool))
+        instances.pred_masks = (
+            torch.from_numpy(np.stack(masks)) if masks else torch.zeros(shape, dtype=torch.bool)
+        )
     return [{"instances": instances}]
 
 
@@ -193,8 +206,10 @@ def assert_transfers_from_coco(cfg, folder):
     source_cfg = copy.deepcopy(cfg)
     source_cfg.model.roi_heads.num_classes = 80
     generator = torch.Generator().manual_seed(0)
-    source = {k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
-              for k, v in instantiate(source_cfg.model).state_dict().items()}
+    source = {
+        k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+        for k, v in instantiate(source_cfg.model).state_dict().items()
+    }
     path = os.path.join(str(folder), "coco_model.pkl")
     with open(path, "wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in source.items()}, "__author__": "test"}, f)
@@ -205,9 +220,11 @@ def assert_transfers_from_coco(cfg, folder):
     with open(os.path.join(cfg.train.output_dir, "transfer.json")) as f:
         class_map = json.load(f)["class_map"]
     state = trainer.model.state_dict()
-    targets = MetadataCatalog.get(cfg.dataloader.train.dataset.names[0]
-                                  if not isinstance(cfg.dataloader.train.dataset.names, str)
-                                  else cfg.dataloader.train.dataset.names).thing_classes
+    targets = MetadataCatalog.get(
+        cfg.dataloader.train.dataset.names[0]
+        if not isinstance(cfg.dataloader.train.dataset.names, str)
+        else cfg.dataloader.train.dataset.names
+    ).thing_classes
     assert list(class_map) == list(targets)
     coco = coco_thing_classes()
     cls, box = "roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred."
@@ -218,8 +235,9 @@ def assert_transfers_from_coco(cfg, folder):
         j = coco.index(class_map[name])
         for suffix in ("weight", "bias"):
             assert torch.equal(state[cls + suffix][i], source[cls + suffix][j]), name
-            assert torch.equal(state[box + suffix][4 * i : 4 * i + 4],
-                               source[box + suffix][4 * j : 4 * j + 4]), name
+            assert torch.equal(
+                state[box + suffix][4 * i : 4 * i + 4], source[box + suffix][4 * j : 4 * j + 4]
+            ), name
             if mask + suffix in state:
                 assert torch.equal(state[mask + suffix][i], source[mask + suffix][j]), name
     for suffix in ("weight", "bias"):  # the background row

@@ -4,6 +4,7 @@ The source checkpoints are real detectron2 Mask R-CNN models (the demo's small a
 with COCO's 80 classes, filled with seeded random values, so every transplanted row is
 distinguishable from every other and from the target's fresh initialisation.
 """
+
 import hashlib
 import json
 import logging
@@ -47,14 +48,23 @@ from conftest import DEMO_CONFIG, REPO, tiny_overrides
 CITY = list(CITYSCAPES_THING_CLASSES)
 COCO = coco_thing_classes()
 # Cityscapes class -> COCO class it must start from (rider: none).
-EXPECTED = {"person": "person", "car": "car", "truck": "truck", "bus": "bus", "train": "train",
-            "motorcycle": "motorcycle", "bicycle": "bicycle"}
+EXPECTED = {
+    "person": "person",
+    "car": "car",
+    "truck": "truck",
+    "bus": "bus",
+    "train": "train",
+    "motorcycle": "motorcycle",
+    "bicycle": "bicycle",
+}
 CLS = "roi_heads.box_predictor.cls_score."
 BOX = "roi_heads.box_predictor.bbox_pred."
 MASK = "roi_heads.mask_head.predictor."
 CLASS_KEYS = [p + s for p in (CLS, BOX, MASK) for s in ("weight", "bias")]
-AGNOSTIC = ["model.roi_heads.box_predictor.cls_agnostic_bbox_reg=True",
-            "model.roi_heads.mask_head.num_classes=1"]
+AGNOSTIC = [
+    "model.roi_heads.box_predictor.cls_agnostic_bbox_reg=True",
+    "model.roi_heads.mask_head.num_classes=1",
+]
 
 
 def build(*overrides, seed=None, config=DEMO_CONFIG):
@@ -76,8 +86,9 @@ def snapshot(model):
 
 def save_pkl(path, state, **extra):
     with open(path, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test",
-                     **extra}, f)
+        pickle.dump(
+            {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test", **extra}, f
+        )
     return str(path)
 
 
@@ -110,11 +121,14 @@ def assert_transplanted(model, before, source, mapping, agnostic_source=False):
                 if s is None:
                     assert torch.equal(after[full][rows], before[full][rows]), (full, name)
                     for other in range(source[full].shape[0] // unit):
-                        src_rows = source[full][other * unit:(other + 1) * unit]
+                        src_rows = source[full][other * unit : (other + 1) * unit]
                         assert not torch.equal(after[full][rows], src_rows), (full, name)
                 else:
-                    src = slice(0, unit) if agnostic_source and key != CLS else (
-                        slice(s * unit, (s + 1) * unit))
+                    src = (
+                        slice(0, unit)
+                        if agnostic_source and key != CLS
+                        else (slice(s * unit, (s + 1) * unit))
+                    )
                     assert torch.equal(after[full][rows], source[full][src]), (full, name)
     for suffix in ("weight", "bias"):
         assert torch.equal(after[CLS + suffix][k], source[CLS + suffix][80]), "background row"
@@ -127,9 +141,10 @@ def assert_class_independent_loaded(model, source, skip=()):
             assert torch.equal(value, source[key]), key
 
 
-@pytest.mark.parametrize("fmt,label", [("pkl", "detectron2 model-zoo pkl"),
-                                       ("pth", "detectron2 pth"),
-                                       ("state_dict", "state dict")])
+@pytest.mark.parametrize(
+    "fmt,label",
+    [("pkl", "detectron2 model-zoo pkl"), ("pth", "detectron2 pth"), ("state_dict", "state dict")],
+)
 def test_each_format_transplants_the_seven_shared_classes(coco, tmp_path, fmt, label):
     model = build()
     before = snapshot(model)
@@ -215,10 +230,13 @@ def test_explicit_class_map_overrides_the_automatic_match(coco):
     assert_transplanted(model, before, coco["state"], expected)
 
 
-@pytest.mark.parametrize("class_map,message", [
-    ({"cyclist": "person"}, r"\['cyclist'\] are not classes of the model"),
-    ({"rider": "unicorn"}, r"\['unicorn'\] are not classes of the checkpoint"),
-])
+@pytest.mark.parametrize(
+    "class_map,message",
+    [
+        ({"cyclist": "person"}, r"\['cyclist'\] are not classes of the model"),
+        ({"rider": "unicorn"}, r"\['unicorn'\] are not classes of the checkpoint"),
+    ],
+)
 def test_explicit_class_map_with_unknown_names(coco, class_map, message):
     model = build()
     before = snapshot(model)
@@ -235,8 +253,9 @@ def test_invalid_class_map_setting(class_map):
 
 def test_model_class_count_must_match_the_data(coco):
     with pytest.raises(ConfigError, match=r"8 classes .* predicts 80: set model.roi_heads.num_cl"):
-        FinetuneCheckpointer(build("model.roi_heads.num_classes=80"),
-                             target_classes=CITY).load(coco["pkl"])
+        FinetuneCheckpointer(build("model.roi_heads.num_classes=80"), target_classes=CITY).load(
+            coco["pkl"]
+        )
 
 
 def test_class_agnostic_model_from_class_specific_checkpoint(coco):
@@ -286,9 +305,14 @@ def test_missing_backbone_key_strict_and_not(coco, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
     report = FinetuneCheckpointer(model, target_classes=CITY, strict=False).load(path)
-    assert report["reinitialized"] == [{"key": missing, "source_shape": None,
-                                        "shape": [128, 64, 3, 3],
-                                        "reason": "not in the checkpoint"}]
+    assert report["reinitialized"] == [
+        {
+            "key": missing,
+            "source_shape": None,
+            "shape": [128, 64, 3, 3],
+            "reason": "not in the checkpoint",
+        }
+    ]
     assert torch.equal(model.state_dict()[missing], before[missing])
     assert_class_independent_loaded(model, coco["state"], skip=(missing,))
     assert_transplanted(model, before, coco["state"], EXPECTED)
@@ -314,8 +338,9 @@ def test_saved_input_normalisation_equal_to_the_config_loads(coco, tmp_path, sha
     assert reasons == {
         "pixel_mean": "the same as the config's model.pixel_mean",
         "pixel_std": "the same as the config's model.pixel_std",
-        "proposal_generator.anchor_generator.cell_anchors.0":
-            "obsolete anchor buffer (recomputed from the config)",
+        "proposal_generator.anchor_generator.cell_anchors.0": (
+            "obsolete anchor buffer (recomputed from the config)"
+        ),
     }
     assert_class_independent_loaded(model, coco["state"])
     assert_transplanted(model, before, coco["state"], EXPECTED)
@@ -355,31 +380,40 @@ def test_saved_input_normalisation_that_differs_from_the_config(coco, tmp_path, 
     assert model.pixel_std.flatten().tolist() == MSRA_STD
 
     # With the overrides the message names, the same file loads without a word.
-    model = build("model.pixel_mean=[123.675,116.28,103.53]", "model.pixel_std=[58.395,57.12,57.375]")
+    model = build(
+        "model.pixel_mean=[123.675,116.28,103.53]", "model.pixel_std=[58.395,57.12,57.375]"
+    )
     report = FinetuneCheckpointer(model, target_classes=CITY).load(path)
     assert [e["reason"] for e in report["ignored"]] == [
-        "the same as the config's model.pixel_mean", "the same as the config's model.pixel_std"]
+        "the same as the config's model.pixel_mean",
+        "the same as the config's model.pixel_std",
+    ]
 
 
 def test_resnet101_checkpoint_is_refused(tmp_path):
-    state = build("model.backbone.bottom_up.stages.depth=101",
-                  "model.roi_heads.num_classes=80").state_dict()
+    state = build(
+        "model.backbone.bottom_up.stages.depth=101", "model.roi_heads.num_classes=80"
+    ).state_dict()
     torch.save({"model": state}, tmp_path / "r101.pth")
     model = build()
     before = snapshot(model)
     ours = model.state_dict()
     unexpected = [k for k in state if k not in ours]
-    differ = [k for k in state if k in ours and k not in CLASS_KEYS
-              and state[k].shape != ours[k].shape]
+    differ = [
+        k for k in state if k in ours and k not in CLASS_KEYS and state[k].shape != ours[k].shape
+    ]
     with pytest.raises(CheckpointError) as error:
         FinetuneCheckpointer(model, target_classes=CITY).load(str(tmp_path / "r101.pth"))
     text = str(error.value)
     assert text.startswith(
-        f"{tmp_path / 'r101.pth'} does not fit the model outside its class-dependent layers")
+        f"{tmp_path / 'r101.pth'} does not fit the model outside its class-dependent layers"
+    )
     assert f"shape differs ({len(differ)}): {differ[0]} (checkpoint" in text
     assert f"and {len(differ) - 6} more (all in the log)" in text
-    assert "backbone.bottom_up.res2.0.conv1.weight (checkpoint (64, 64, 1, 1), model " \
-           "(64, 64, 3, 3))" in text
+    assert (
+        "backbone.bottom_up.res2.0.conv1.weight (checkpoint (64, 64, 1, 1), model "
+        "(64, 64, 3, 3))" in text
+    )
     assert f"not in the model ({len(unexpected)}): {unexpected[0]}, " in text
     assert "missing from the checkpoint" not in text
     assert "another architecture" in text and "train.strict_transfer=False" in text
@@ -394,18 +428,23 @@ def test_the_recipe_r50_fpn_transplants_from_a_coco_r50_fpn_and_refuses_r101(tmp
     assert model.roi_heads.box_predictor.cls_score.out_features == 9
     before = snapshot(model)
     report = FinetuneCheckpointer(model, target_classes=CITY).load(
-        save_pkl(tmp_path / "model_final_f10217.pkl", source))
+        save_pkl(tmp_path / "model_final_f10217.pkl", source)
+    )
     assert report["class_map"] == {c: EXPECTED.get(c) for c in CITY}
     assert_class_independent_loaded(model, source)
     assert_transplanted(model, before, source, EXPECTED)
     del source
-    r101 = build("model.backbone.bottom_up.stages.depth=101", "model.roi_heads.num_classes=80",
-                 config=recipe).state_dict()
+    r101 = build(
+        "model.backbone.bottom_up.stages.depth=101", "model.roi_heads.num_classes=80", config=recipe
+    ).state_dict()
     save_pkl(tmp_path / "r101.pkl", r101)
     loaded = snapshot(model)
-    with pytest.raises(CheckpointError, match=r"does not fit the model outside its "
-                                              r"class-dependent layers: .*not in the model \(\d+\): "
-                                              r"backbone\.bottom_up\.res4\.6\."):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit the model outside its "
+        r"class-dependent layers: .*not in the model \(\d+\): "
+        r"backbone\.bottom_up\.res4\.6\.",
+    ):
         FinetuneCheckpointer(model, target_classes=CITY).load(str(tmp_path / "r101.pkl"))
     assert all(torch.equal(v, loaded[k]) for k, v in model.state_dict().items())
 
@@ -424,10 +463,15 @@ def _evil(kind, marker, weight):
     return {"model": {"w": weight}, "__author__": Payload()}
 
 
-@pytest.mark.parametrize("kind,ext,refused", [
-    ("system", "pkl", "posix.system"), ("eval", "pkl", "builtins.eval"),
-    ("system", "pth", "posix.system"), ("eval", "pth", "eval"),  # as torch names it
-])
+@pytest.mark.parametrize(
+    "kind,ext,refused",
+    [
+        ("system", "pkl", "posix.system"),
+        ("eval", "pkl", "builtins.eval"),
+        ("system", "pth", "posix.system"),
+        ("eval", "pth", "eval"),  # as torch names it
+    ],
+)
 def test_malicious_pickle_runs_nothing(tmp_path, kind, ext, refused):
     marker = tmp_path / "executed"
     path = tmp_path / f"evil.{ext}"
@@ -449,26 +493,49 @@ def _small_pth(path):
     return path
 
 
-@pytest.mark.parametrize("name,make,message", [
-    ("truncated.pth", lambda p: p.write_bytes(_small_pth(p).read_bytes()[:300]),
-     "is not a readable checkpoint"),
-    ("truncated.pkl", lambda p: p.write_bytes(pickle.dumps({"model": {"w": np.ones(99)}})[:200]),
-     "is not a readable checkpoint"),
-    ("random.pth", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
-     "is not a readable checkpoint"),
-    ("random.pkl", lambda p: p.write_bytes(b"\x80\x04" + np.random.default_rng(1).bytes(4096)),
-     "is not a readable checkpoint"),
-    ("empty.pth", lambda p: p.write_bytes(b""), "is empty"),
-    ("notes.txt", lambda p: p.write_text("not weights\n"), "is not a readable checkpoint"),
-    ("list.pkl", lambda p: p.write_bytes(pickle.dumps([1, 2])), "holds a list, not a dict"),
-    ("strings.pkl", lambda p: p.write_bytes(pickle.dumps({"name": "x"})),
-     "not a model checkpoint: it has the entry 'name', a str"),
-    ("strings.pth", lambda p: torch.save({"model": {"a": "b"}}, p),
-     "not a model checkpoint: it has the entry 'a', a str"),
-    ("objects.pkl",
-     lambda p: p.write_bytes(pickle.dumps({"model": {"w": np.array(["x"], object)}})),
-     "not a model checkpoint: it has the entry 'w', a ndarray"),
-])
+@pytest.mark.parametrize(
+    "name,make,message",
+    [
+        (
+            "truncated.pth",
+            lambda p: p.write_bytes(_small_pth(p).read_bytes()[:300]),
+            "is not a readable checkpoint",
+        ),
+        (
+            "truncated.pkl",
+            lambda p: p.write_bytes(pickle.dumps({"model": {"w": np.ones(99)}})[:200]),
+            "is not a readable checkpoint",
+        ),
+        (
+            "random.pth",
+            lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+            "is not a readable checkpoint",
+        ),
+        (
+            "random.pkl",
+            lambda p: p.write_bytes(b"\x80\x04" + np.random.default_rng(1).bytes(4096)),
+            "is not a readable checkpoint",
+        ),
+        ("empty.pth", lambda p: p.write_bytes(b""), "is empty"),
+        ("notes.txt", lambda p: p.write_text("not weights\n"), "is not a readable checkpoint"),
+        ("list.pkl", lambda p: p.write_bytes(pickle.dumps([1, 2])), "holds a list, not a dict"),
+        (
+            "strings.pkl",
+            lambda p: p.write_bytes(pickle.dumps({"name": "x"})),
+            "not a model checkpoint: it has the entry 'name', a str",
+        ),
+        (
+            "strings.pth",
+            lambda p: torch.save({"model": {"a": "b"}}, p),
+            "not a model checkpoint: it has the entry 'a', a str",
+        ),
+        (
+            "objects.pkl",
+            lambda p: p.write_bytes(pickle.dumps({"model": {"w": np.array(["x"], object)}})),
+            "not a model checkpoint: it has the entry 'w', a ndarray",
+        ),
+    ],
+)
 def test_unreadable_or_foreign_files(tmp_path, name, make, message):
     path = tmp_path / name
     make(path)
@@ -485,8 +552,9 @@ def test_missing_local_file():
 ZOO = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
 
 
-@pytest.mark.parametrize("url", [f"detectron2://{ZOO}",
-                                 f"https://dl.fbaipublicfiles.com/detectron2/{ZOO}"])
+@pytest.mark.parametrize(
+    "url", [f"detectron2://{ZOO}", f"https://dl.fbaipublicfiles.com/detectron2/{ZOO}"]
+)
 def test_url_offline_says_where_to_download(monkeypatch, tmp_path, url):
     requested = []
 
@@ -508,8 +576,9 @@ def test_url_offline_says_where_to_download(monkeypatch, tmp_path, url):
 
 def test_numpy2_pickles_load(coco, tmp_path):
     state = {k: coco["state"][k] for k in list(coco["state"])[:3]}
-    data = pickle.dumps({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "np2"},
-                        protocol=2)
+    data = pickle.dumps(
+        {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "np2"}, protocol=2
+    )
     assert b"cnumpy.core.multiarray\n_reconstruct" in data
     path = tmp_path / "numpy2.pkl"
     path.write_bytes(data.replace(b"cnumpy.core.multiarray\n", b"cnumpy._core.multiarray\n"))
@@ -526,8 +595,12 @@ def _caffe2_name(key):
     if parts[0] == "stem":
         layer, rest = "res_conv1" if parts[2] == "norm" else "conv1", parts[2:]
     else:
-        branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c",
-                  "shortcut": "branch1"}[parts[2]]
+        branch = {
+            "conv1": "branch2a",
+            "conv2": "branch2b",
+            "conv3": "branch2c",
+            "shortcut": "branch1",
+        }[parts[2]]
         layer, rest = f"{parts[0]}_{parts[1]}_{branch}", parts[3:]
     if rest[0] == "norm":
         suffix = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}[rest[1]]
@@ -589,7 +662,8 @@ def test_resume_from_a_checkpoint_of_other_classes_is_refused(coco, tmp_path):
     (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
     with pytest.raises(CheckpointError, match=r"Cannot resume from .*model_0000009.pth: it does"):
         FinetuneCheckpointer(build(), str(tmp_path), target_classes=CITY).resume_or_load(
-            "", resume=True)
+            "", resume=True
+        )
 
 
 def test_the_checkpointer_is_built_from_the_config(tiny_cfg):
@@ -624,12 +698,22 @@ def test_eval_only_guard(coco, tiny_cfg, tmp_path, monkeypatch):
 
 
 def test_eval_only_command_line_stops_with_a_clear_error(coco, cityscapes_root, tmp_path):
-    overrides = tiny_overrides(cityscapes_root, str(tmp_path), **{
-        "train.init_checkpoint": coco["pkl"]})
+    overrides = tiny_overrides(
+        cityscapes_root, str(tmp_path), **{"train.init_checkpoint": coco["pkl"]}
+    )
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "train_net.py"), "--config-file",
-         DEMO_CONFIG, "--eval-only", *overrides],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "train_net.py"),
+            "--config-file",
+            DEMO_CONFIG,
+            "--eval-only",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "ERROR: " in result.stderr and "random head" in result.stderr
@@ -637,25 +721,79 @@ def test_eval_only_command_line_stops_with_a_clear_error(coco, cityscapes_root, 
 
 
 def test_match_classes_pascal_voc_and_kitti():
-    voc = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-           "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-           "train", "tvmonitor"]
-    voc_in_coco = ["airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-                   "cow", "dining table", "dog", "horse", "motorcycle", "person", "potted plant",
-                   "sheep", "couch", "train", "tv"]
+    voc = [
+        "aeroplane",
+        "bicycle",
+        "bird",
+        "boat",
+        "bottle",
+        "bus",
+        "car",
+        "cat",
+        "chair",
+        "cow",
+        "diningtable",
+        "dog",
+        "horse",
+        "motorbike",
+        "person",
+        "pottedplant",
+        "sheep",
+        "sofa",
+        "train",
+        "tvmonitor",
+    ]
+    voc_in_coco = [
+        "airplane",
+        "bicycle",
+        "bird",
+        "boat",
+        "bottle",
+        "bus",
+        "car",
+        "cat",
+        "chair",
+        "cow",
+        "dining table",
+        "dog",
+        "horse",
+        "motorcycle",
+        "person",
+        "potted plant",
+        "sheep",
+        "couch",
+        "train",
+        "tv",
+    ]
     assert [COCO[i] for i in match_classes(voc, COCO, synonyms=VOC_SYNONYMS)] == voc_in_coco
 
-    kitti = ["Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",
-             "DontCare"]
-    matched = [COCO[i] if i is not None else None
-               for i in match_classes(kitti, COCO, synonyms=KITTI_SYNONYMS)]
+    kitti = [
+        "Car",
+        "Van",
+        "Truck",
+        "Pedestrian",
+        "Person_sitting",
+        "Cyclist",
+        "Tram",
+        "Misc",
+        "DontCare",
+    ]
+    matched = [
+        COCO[i] if i is not None else None
+        for i in match_classes(kitti, COCO, synonyms=KITTI_SYNONYMS)
+    ]
     assert matched == ["car", "car", "truck", "person", "person", "bicycle", "train", None, None]
 
     assert match_classes(["MotorBike", "potted_plant", "Rider"], COCO, synonyms=VOC_SYNONYMS) == [
-        COCO.index("motorcycle"), COCO.index("potted plant"), None]
+        COCO.index("motorcycle"),
+        COCO.index("potted plant"),
+        None,
+    ]
     # A checkpoint with VOC's names gives them to a model with COCO's spelling.
     assert match_classes(["motorcycle", "couch"], voc, synonyms=VOC_SYNONYMS) == [
-        voc.index("motorbike"), voc.index("sofa")]
+        voc.index("motorbike"),
+        voc.index("sofa"),
+    ]
     # Without synonyms (the checkpointer knows no dataset), names must agree.
     assert match_classes(["aeroplane", "person"], COCO) == [None, COCO.index("person")]
 
@@ -669,8 +807,13 @@ class _Cascade(nn.Module):
         self.roi_heads = nn.Module()
         self.roi_heads.num_classes = k
         self.roi_heads.box_predictor = nn.ModuleList(
-            FastRCNNOutputLayers(ShapeSpec(channels=6), box2box_transform=Box2BoxTransform(
-                (10, 10, 5, 5)), num_classes=k, cls_agnostic_bbox_reg=True) for _ in range(2)
+            FastRCNNOutputLayers(
+                ShapeSpec(channels=6),
+                box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
+                num_classes=k,
+                cls_agnostic_bbox_reg=True,
+            )
+            for _ in range(2)
         )
         self.roi_heads.extra = nn.Linear(6, k + 1)
         self.backbone = nn.Linear(3, 6)
@@ -682,11 +825,14 @@ def test_cascade_stages_and_the_shape_rule(tmp_path):
     path = tmp_path / "cascade.pth"
     torch.save({"model": source.state_dict(), "thing_classes": COCO}, path)
     model = _Cascade(8)
-    assert sorted(class_layers(model)) == [f"roi_heads.box_predictor.{i}.{n}"
-                                           for i in (0, 1) for n in ("bbox_pred", "cls_score")]
+    assert sorted(class_layers(model)) == [
+        f"roi_heads.box_predictor.{i}.{n}" for i in (0, 1) for n in ("bbox_pred", "cls_score")
+    ]
     report = FinetuneCheckpointer(model, target_classes=CITY).load(str(path))
-    assert [e["key"] for e in report["reinitialized"]] == ["roi_heads.extra.weight",
-                                                           "roi_heads.extra.bias"]
+    assert [e["key"] for e in report["reinitialized"]] == [
+        "roi_heads.extra.weight",
+        "roi_heads.extra.bias",
+    ]
     assert report["reinitialized"][0]["reason"] == "class-dependent by shape; row layout unknown"
     for i in (0, 1):
         key = f"roi_heads.box_predictor.{i}.cls_score.weight"
@@ -699,8 +845,9 @@ class _Retina(nn.Module):
     def __init__(self, k, anchors=3):
         super().__init__()
         self.num_classes = k
-        self.head = RetinaNetHead(input_shape=[ShapeSpec(channels=4)], num_classes=k,
-                                  num_anchors=anchors, conv_dims=[4])
+        self.head = RetinaNetHead(
+            input_shape=[ShapeSpec(channels=4)], num_classes=k, num_anchors=anchors, conv_dims=[4]
+        )
 
 
 def test_retinanet_rows_are_transplanted_per_anchor(tmp_path):
@@ -739,8 +886,7 @@ def test_checkpoint_without_class_names(tmp_path):
     assert sorted(e["key"] for e in report["reinitialized"]) == sorted(CLASS_KEYS[2:])
 
     with pytest.raises(ConfigError, match=r"names classes, but the checkpoint's classes are unk"):
-        FinetuneCheckpointer(build(), target_classes=CITY,
-                             class_map={"rider": "person"}).load(path)
+        FinetuneCheckpointer(build(), target_classes=CITY, class_map={"rider": "person"}).load(path)
 
 
 def test_the_log_shows_the_transfer_as_tables(coco, caplog):
@@ -753,7 +899,9 @@ def test_the_log_shows_the_transfer_as_tables(coco, caplog):
         log.removeHandler(caplog.handler)
     text = caplog.text
     assert f"Loaded {coco['pkl']} (detectron2 model-zoo pkl, sha256 " in text
-    assert "| roi_heads.box_predictor.cls_score.weight | (81, 256)      | (9, 256)      | " \
-           "transplanted 8 rows, 1 fresh  |" in text
+    assert (
+        "| roi_heads.box_predictor.cls_score.weight | (81, 256)      | (9, 256)      | "
+        "transplanted 8 rows, 1 fresh  |" in text
+    )
     assert f"| {len(coco['state']) - 6} other tensors" in text
     assert "| rider      | (fresh)" in text and "| motorcycle | motorcycle" in text

@@ -13,7 +13,9 @@ from d2_finetune.solver import resolve_schedule
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAF = os.path.join(REPO, "configs", "cityscapes_ft.py")
 LEAF_MMDET = os.path.join(REPO, "configs", "cityscapes_ft_mmdet_style.py")
-COCO_URL = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+COCO_URL = (
+    "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+)
 
 
 def write(path, text):
@@ -64,25 +66,38 @@ def test_one_num_classes_reaches_box_and_mask_heads():
 
 
 def test_mmdet_style_deep_merge_and_delete(tmp_path):
-    write(tmp_path / "base_a.py", """
+    write(
+        tmp_path / "base_a.py",
+        """
         from detectron2.config import LazyCall as L
         from torch.nn import Linear
         head = L(Linear)(in_features=4, out_features=2, bias=True)
         train = dict(max_iter=10, amp=dict(enabled=False, dtype="float16"))
-    """)
-    write(tmp_path / "base_b.py", """
+    """,
+    )
+    write(
+        tmp_path / "base_b.py",
+        """
         optimizer = dict(lr=0.1, momentum=0.9)
-    """)
-    leaf = write(tmp_path / "leaf.py", """
+    """,
+    )
+    leaf = write(
+        tmp_path / "leaf.py",
+        """
         _base_ = ["base_a.py", "base_b.py"]
         head = dict(out_features=5)
         train = dict(amp=dict(enabled=True), log_period=7)
         optimizer = dict(_delete_=True, lr=0.5)
-    """)
+    """,
+    )
     cfg = load_config(leaf)
     assert instantiate(cfg.head).out_features == 5
     assert cfg.head.in_features == 4
-    assert cfg.train == {"max_iter": 10, "amp": {"enabled": True, "dtype": "float16"}, "log_period": 7}
+    assert cfg.train == {
+        "max_iter": 10,
+        "amp": {"enabled": True, "dtype": "float16"},
+        "log_period": 7,
+    }
     assert dict(cfg.optimizer) == {"lr": 0.5}
 
 
@@ -117,7 +132,9 @@ def test_inheritance_cycle_is_an_error(tmp_path):
 
 
 def test_misspelled_config_file_suggests_the_right_one():
-    with pytest.raises(ConfigError, match=r"not found: .*cityscape_ft\.py.*Did you mean .*cityscapes_ft\.py"):
+    with pytest.raises(
+        ConfigError, match=r"not found: .*cityscape_ft\.py.*Did you mean .*cityscapes_ft\.py"
+    ):
         load_config(os.path.join(REPO, "configs", "cityscape_ft.py"))
 
 
@@ -141,17 +158,31 @@ def test_runtime_error_in_config_names_file_and_line(tmp_path):
 
 
 def test_unknown_argument_merged_into_a_lazycall_is_an_error(tmp_path):
-    leaf = write(tmp_path / "leaf.py", """
+    leaf = write(
+        tmp_path / "leaf.py",
+        """
         _base_ = ["%s"]
         model = dict(roi_heads=dict(num_clases=8))
-    """ % os.path.join(REPO, "configs", "_base_", "models", "mask_rcnn_r50_fpn.py"))
-    with pytest.raises(ConfigError, match=r"unknown key 'model\.roi_heads\.num_clases'.*Did you mean: num_classes"):
+    """
+        % os.path.join(REPO, "configs", "_base_", "models", "mask_rcnn_r50_fpn.py"),
+    )
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'model\.roi_heads\.num_clases'.*Did you mean: num_classes"
+    ):
         load_config(leaf)
 
 
 def test_overrides_apply_with_types():
-    cfg = load_config(LEAF, ["train.max_iter=100", "optimizer.lr=1", "lr_multiplier.steps=[50]",
-                             "train.output_dir=/tmp/x", "train.amp.enabled=true"])
+    cfg = load_config(
+        LEAF,
+        [
+            "train.max_iter=100",
+            "optimizer.lr=1",
+            "lr_multiplier.steps=[50]",
+            "train.output_dir=/tmp/x",
+            "train.amp.enabled=true",
+        ],
+    )
     assert cfg.train.max_iter == 100 and cfg.lr_multiplier.max_iter == 100
     assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
     assert list(cfg.lr_multiplier.steps) == [50]

@@ -10,8 +10,11 @@ ORDER = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicyc
 
 def test_registration_is_idempotent_and_keeps_official_class_order(cityscapes_root):
     names = register_cityscapes(cityscapes_root)
-    assert names == ["cityscapes_ft_instance_train", "cityscapes_ft_instance_val",
-                     "cityscapes_ft_instance_test"]
+    assert names == [
+        "cityscapes_ft_instance_train",
+        "cityscapes_ft_instance_val",
+        "cityscapes_ft_instance_test",
+    ]
     assert register_cityscapes(cityscapes_root) == names  # twice is harmless
     meta = MetadataCatalog.get("cityscapes_ft_instance_train")
     assert meta.thing_classes == ORDER

@@ -1,4 +1,6 @@
-"""The Cityscapes annotation cache: hits, invalidation, location, safety and one parser per machine."""
+"""The Cityscapes annotation cache: hits, invalidation, location, safety, one parser per
+machine."""
+
 import json
 import logging
 import multiprocessing as mp
@@ -23,8 +25,10 @@ def root(tmp_path, monkeypatch):
 
 
 def _dirs(root):
-    return (os.path.join(root, "cityscapes", "leftImg8bit", "train"),
-            os.path.join(root, "cityscapes", "gtFine", "train"))
+    return (
+        os.path.join(root, "cityscapes", "leftImg8bit", "train"),
+        os.path.join(root, "cityscapes", "gtFine", "train"),
+    )
 
 
 @pytest.fixture
@@ -103,7 +107,10 @@ def test_fingerprint_follows_paths_sizes_mtimes_and_settings(tmp_path):
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
     a.write_text("{ }")
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert cache.fingerprint([str(a), str(b)], str(tmp_path), source="polygons") not in (key, touched)
+    assert cache.fingerprint([str(a), str(b)], str(tmp_path), source="polygons") not in (
+        key,
+        touched,
+    )
 
 
 def test_unreadable_cache_is_rebuilt(root, parsed, caplog):
@@ -173,8 +180,9 @@ def test_environment_cache_dir_wins(root, tmp_path, monkeypatch):
     assert not os.path.exists(os.path.dirname(_cache_path(root)))
 
 
-def test_no_writable_cache_folder_parses_with_a_warning(root, tmp_path, monkeypatch, parsed,
-                                                         caplog):
+def test_no_writable_cache_folder_parses_with_a_warning(
+    root, tmp_path, monkeypatch, parsed, caplog
+):
     (tmp_path / "file").write_text("")
     monkeypatch.setenv(cache.ENV_CACHE_DIR, str(tmp_path / "file" / "cache"))
     with caplog.at_level(logging.WARNING, logger="d2_finetune"):
@@ -205,8 +213,9 @@ def test_only_one_process_parses(root, tmp_path):
     start = ctx.Barrier(2)
     results = ctx.Queue()
     log_file = str(tmp_path / "parsed.log")
-    procs = [ctx.Process(target=_rank, args=(root, start, log_file, results, rank))
-             for rank in range(2)]
+    procs = [
+        ctx.Process(target=_rank, args=(root, start, log_file, results, rank)) for rank in range(2)
+    ]
     for p in procs:
         p.start()
     got = sorted(results.get(timeout=60) for _ in procs)

@@ -1,5 +1,6 @@
 """Cityscapes loading: fidelity to the official instance PNGs, crowd flags, category order,
 registration, validation errors, and how the training config uses the records."""
+
 import json
 import logging
 import os
@@ -27,8 +28,10 @@ def _labels():
 
 
 def _dirs(root, split):
-    return (os.path.join(root, "cityscapes", "leftImg8bit", split),
-            os.path.join(root, "cityscapes", "gtFine", split))
+    return (
+        os.path.join(root, "cityscapes", "leftImg8bit", split),
+        os.path.join(root, "cityscapes", "gtFine", split),
+    )
 
 
 def _gt_file(record, suffix):
@@ -42,7 +45,8 @@ def _official_instances(record):
     id2label, _ = _labels()
     ids = np.asarray(Image.open(_gt_file(record, "_gtFine_instanceIds.png")))
     return {
-        int(v): ids == v for v in np.unique(ids)
+        int(v): ids == v
+        for v in np.unique(ids)
         if v >= 1000 and id2label[int(v) // 1000].name in CLASSES
     }
 
@@ -66,7 +70,8 @@ def _best_ious(records):
     for r in records:
         masks = [
             (a["category_id"], _decode(a["segmentation"], r["height"], r["width"]))
-            for a in r["annotations"] if not a["iscrowd"]
+            for a in r["annotations"]
+            if not a["iscrowd"]
         ]
         for value, gt in _official_instances(r).items():
             category = CLASSES.index(id2label[value // 1000].name)
@@ -78,8 +83,9 @@ def _best_ious(records):
 def occluded_root(tmp_path_factory):
     """Many overlapping objects per image, so later objects often cover earlier ones."""
     root = str(tmp_path_factory.mktemp("cs_occluded"))
-    make_cityscapes(root, {"val": 10}, size=(384, 192), seed=3, objects_per_image=(8, 12),
-                    group_prob=0.6)
+    make_cityscapes(
+        root, {"val": 10}, size=(384, 192), seed=3, objects_per_image=(8, 12), group_prob=0.6
+    )
     return root
 
 
@@ -129,7 +135,8 @@ def test_png_source_is_exact_and_equals_polygons(occluded_root):
         def things(record):
             return sorted(
                 (x["category_id"], x["segmentation"]["counts"], tuple(x["bbox"]))
-                for x in record["annotations"] if not x["iscrowd"]
+                for x in record["annotations"]
+                if not x["iscrowd"]
             )
 
         assert things(a) == things(b)
@@ -143,7 +150,9 @@ def test_crowd_flags_categories_and_boxes(occluded_root):
         with open(_gt_file(r, "_gtFine_polygons.json")) as f:
             objects = json.load(f)["objects"]
         group_classes = sorted(
-            CLASSES.index(o["label"][: -len("group")]) for o in objects if o["label"].endswith("group")
+            CLASSES.index(o["label"][: -len("group")])
+            for o in objects
+            if o["label"].endswith("group")
         )
         crowd = [a for a in r["annotations"] if a["iscrowd"]]
         # a group region can be fully covered by later objects: then it has no annotation
@@ -221,7 +230,9 @@ def test_loader_options_come_from_the_config(tiny_cfg, cityscapes_root, tmp_path
     from_png = DatasetCatalog.get("cityscapes_ft_instance_val")
     (folder,) = os.listdir(cache_dir)
     assert sorted(os.listdir(os.path.join(cache_dir, folder))) == [
-        "instances_val_png.npz", "instances_val_png.npz.lock"]
+        "instances_val_png.npz",
+        "instances_val_png.npz.lock",
+    ]
     assert (_best_ious(from_png) == 1.0).all() and len(from_png) == 3
 
 
@@ -270,7 +281,9 @@ def test_missing_root_says_what_to_download(tmp_path):
     with pytest.raises(DatasetError) as e:
         cs.load_cityscapes_instances(image_dir, gt_dir)
     msg = str(e.value)
-    assert msg.startswith(f"Cityscapes not found: {tmp_path / 'nowhere' / 'cityscapes'} does not exist")
+    assert msg.startswith(
+        f"Cityscapes not found: {tmp_path / 'nowhere' / 'cityscapes'} does not exist"
+    )
     assert "DETECTRON2_DATASETS" in msg and "leftImg8bit_trainvaltest.zip" in msg
 
 
@@ -286,8 +299,11 @@ def test_image_without_annotation_file(tmp_path):
 
 def test_split_without_images(tmp_path):
     _write_image(str(tmp_path), "train", "aachen_000000_000019", [CAR])
-    os.remove(os.path.join(_dirs(str(tmp_path), "train")[0], "aachen",
-                           "aachen_000000_000019_leftImg8bit.png"))
+    os.remove(
+        os.path.join(
+            _dirs(str(tmp_path), "train")[0], "aachen", "aachen_000000_000019_leftImg8bit.png"
+        )
+    )
     with pytest.raises(DatasetError, match="No \\*_leftImg8bit.png images found"):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
 
@@ -304,7 +320,9 @@ def test_json_without_image_size_names_the_file(tmp_path):
     bad = _write_image(str(tmp_path), "train", "aachen_000000_000019", [CAR])
     with open(bad, "w") as f:
         json.dump({"objects": []}, f)
-    with pytest.raises(DatasetError, match=f"Cannot read annotation file {bad}: not a Cityscapes polygons file"):
+    with pytest.raises(
+        DatasetError, match=f"Cannot read annotation file {bad}: not a Cityscapes polygons file"
+    ):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
 
 
@@ -321,8 +339,12 @@ def test_unreadable_instance_png_names_the_file(tmp_path):
 
 
 def test_unknown_label_names_file_object_and_label(tmp_path):
-    bad = _write_image(str(tmp_path), "train", "aachen_000000_000019",
-                       [CAR, {"label": "hovercraft", "polygon": [[1, 1], [5, 1], [5, 5]]}])
+    bad = _write_image(
+        str(tmp_path),
+        "train",
+        "aachen_000000_000019",
+        [CAR, {"label": "hovercraft", "polygon": [[1, 1], [5, 1], [5, 5]]}],
+    )
     with pytest.raises(DatasetError) as e:
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
     msg = str(e.value)
@@ -331,9 +353,15 @@ def test_unknown_label_names_file_object_and_label(tmp_path):
 
 
 def test_invalid_polygon_names_file_and_object(tmp_path):
-    bad = _write_image(str(tmp_path), "train", "aachen_000000_000019",
-                       [CAR, {"label": "person", "polygon": [[1, 1], [5, "x"], [5, 5]]}])
-    with pytest.raises(DatasetError, match=f"{bad}: object #2 \\('person'\\) has an invalid polygon"):
+    bad = _write_image(
+        str(tmp_path),
+        "train",
+        "aachen_000000_000019",
+        [CAR, {"label": "person", "polygon": [[1, 1], [5, "x"], [5, 5]]}],
+    )
+    with pytest.raises(
+        DatasetError, match=f"{bad}: object #2 \\('person'\\) has an invalid polygon"
+    ):
         cs.load_cityscapes_instances(*_dirs(str(tmp_path), "train"))
 
 
@@ -385,7 +413,9 @@ def test_polygons_too_short_to_draw_are_skipped_counted_and_warned_once(tmp_path
     with caplog.at_level(logging.WARNING, logger="d2_finetune"):
         records = cs.load_cityscapes_instances(*_dirs(root, "train"), num_workers=0)
     assert [[a["category_id"] for a in r["annotations"]] for r in records] == [
-        [CLASSES.index("car"), CLASSES.index("car")], [CLASSES.index("car")]]
+        [CLASSES.index("car"), CLASSES.index("car")],
+        [CLASSES.index("car")],
+    ]
     warnings = [r.getMessage() for r in caplog.records if "fewer than 2 points" in r.getMessage()]
     assert warnings == [
         f"Skipped 2 polygon(s) with fewer than 2 points in 2 file(s) of {_dirs(root, 'train')[1]}, "
@@ -412,10 +442,18 @@ def sparse_root(tmp_path):
     root = str(tmp_path / "sparse")
     _write_image(root, "val", "frankfurt_000000_000019", [CAR])
     _write_image(root, "train", "aachen_000000_000019", [CAR])
-    _write_image(root, "train", "aachen_000001_000019",
-                 [{"label": "cargroup", "polygon": [[2, 2], [40, 2], [40, 20]]}])
-    _write_image(root, "train", "aachen_000002_000019",
-                 [{"label": "road", "polygon": [[0, 16], [64, 16], [64, 32], [0, 32]]}])
+    _write_image(
+        root,
+        "train",
+        "aachen_000001_000019",
+        [{"label": "cargroup", "polygon": [[2, 2], [40, 2], [40, 20]]}],
+    )
+    _write_image(
+        root,
+        "train",
+        "aachen_000002_000019",
+        [{"label": "road", "polygon": [[0, 16], [64, 16], [64, 32], [0, 32]]}],
+    )
     return root
 
 
@@ -425,10 +463,15 @@ def test_images_without_instances_are_kept_by_the_loader(sparse_root):
 
 
 @pytest.mark.parametrize("filter_empty,expected", [(True, 1), (False, 3)])
-def test_training_drops_empty_images_only_when_configured(tiny_cfg, sparse_root, filter_empty,
-                                                          expected):
-    cfg = tiny_cfg(**{"dataloader.register.root": sparse_root,
-                      "dataloader.train.dataset.filter_empty": filter_empty})
+def test_training_drops_empty_images_only_when_configured(
+    tiny_cfg, sparse_root, filter_empty, expected
+):
+    cfg = tiny_cfg(
+        **{
+            "dataloader.register.root": sparse_root,
+            "dataloader.train.dataset.filter_empty": filter_empty,
+        }
+    )
     assert len(instantiate(cfg.dataloader.train.dataset)) == expected
 
 
@@ -463,7 +506,8 @@ def test_records_map_to_exact_instance_masks(tiny_cfg):
     instances = mapper(dict(record))["instances"]
     expected = [
         mask_util.decode(a["segmentation"]).astype(bool)
-        for a in record["annotations"] if not a["iscrowd"]
+        for a in record["annotations"]
+        if not a["iscrowd"]
     ]
     assert len(expected) > 0
     assert (instances.gt_masks.to_bitmaps().numpy() == np.stack(expected)).all()

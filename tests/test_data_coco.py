@@ -1,4 +1,5 @@
 """Any COCO-format dataset: registration, records, errors, evaluation and a short training."""
+
 import copy
 import json
 import os
@@ -19,8 +20,13 @@ from d2_finetune.engine import FinetuneTrainer, prepare_config
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
-from conftest import (REPO, assert_transfers_from_coco, perfect_outputs, tiny_detector,
-                      tiny_overrides)
+from conftest import (
+    REPO,
+    assert_transfers_from_coco,
+    perfect_outputs,
+    tiny_detector,
+    tiny_overrides,
+)
 
 CONFIG = os.path.join(REPO, "configs", "coco_custom_ft.py")
 # A user's dataset: four classes with non-contiguous ids that are not sorted in the json.
@@ -39,17 +45,27 @@ def custom_json(src, dst):
         ann["category_id"] = IDS[old[ann["category_id"]]]
     image = data["images"][0]
     first = data["annotations"][0]
-    rle = mask_util.merge(mask_util.frPyObjects(first["segmentation"], image["height"], image["width"]))
+    rle = mask_util.merge(
+        mask_util.frPyObjects(first["segmentation"], image["height"], image["width"])
+    )
     first["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     first["keypoints"] = [10, 20, 2, 0, 0, 0]
     data["annotations"][1]["segmentation"].append([1.0, 2.0, 3.0, 4.0])
     crowd = mask_util.decode(rle)
-    data["annotations"].append({
-        "id": 10_000, "image_id": image["id"], "category_id": IDS["car"], "iscrowd": 1,
-        "bbox": [0.0, 0.0, 4.0, 4.0], "area": 16.0,
-        "segmentation": {"size": [image["height"], image["width"]],
-                         "counts": _uncompressed_counts(crowd)},
-    })
+    data["annotations"].append(
+        {
+            "id": 10_000,
+            "image_id": image["id"],
+            "category_id": IDS["car"],
+            "iscrowd": 1,
+            "bbox": [0.0, 0.0, 4.0, 4.0],
+            "area": 16.0,
+            "segmentation": {
+                "size": [image["height"], image["width"]],
+                "counts": _uncompressed_counts(crowd),
+            },
+        }
+    )
     with open(dst, "w") as f:
         json.dump(data, f)
     return data
@@ -71,16 +87,19 @@ def _uncompressed_counts(mask):
 def coco_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco_custom")
     for split, count, seed in (("train", 6, 1), ("val", 3, 2)):
-        src, images = make_coco(str(root / split), num_images=count, size=(256, 128), seed=seed,
-                                classes=list(IDS))
+        src, images = make_coco(
+            str(root / split), num_images=count, size=(256, 128), seed=seed, classes=list(IDS)
+        )
         custom_json(src, str(root / split / "custom.json"))
     return root
 
 
 def register(coco_root, split="train", name=None):
-    return register_coco_dataset(name or f"test_coco_custom_{split}",
-                                 str(coco_root / split / "custom.json"),
-                                 str(coco_root / split / "images"))
+    return register_coco_dataset(
+        name or f"test_coco_custom_{split}",
+        str(coco_root / split / "custom.json"),
+        str(coco_root / split / "images"),
+    )
 
 
 def test_classes_come_from_the_json_sorted_by_id(coco_root):
@@ -102,12 +121,16 @@ def test_records_equal_detectron2_load_coco_json(coco_root):
     (name,) = register(coco_root, name="test_coco_same_records")
     ours = DatasetCatalog.get(name)
     json_file = str(coco_root / "train" / "custom.json")
-    stock = load_coco_json(json_file, str(coco_root / "train" / "images"), "test_coco_stock_records")
+    stock = load_coco_json(
+        json_file, str(coco_root / "train" / "images"), "test_coco_stock_records"
+    )
     assert ours == stock
     first = ours[0]["annotations"]
     assert first[0]["keypoints"] == [10.5, 20.5, 2, 0.5, 0.5, 0]
     assert isinstance(first[0]["segmentation"], dict)
-    assert any(a.get("iscrowd") == 1 and isinstance(a["segmentation"]["counts"], bytes) for a in first)
+    assert any(
+        a.get("iscrowd") == 1 and isinstance(a["segmentation"]["counts"], bytes) for a in first
+    )
 
 
 def test_the_json_is_read_once_for_registration_and_loading(coco_root, monkeypatch):
@@ -152,34 +175,56 @@ def valid(coco_root):
         return json.load(f)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(categories=[]), r"'categories' is empty"),
-    (lambda d: d["annotations"][2].update(category_id=99),
-     r"1 annotation\(s\) refer to categories not in 'categories' \(category_id 99\), e\.g\. "
-     r"annotation id \d+ of image \d+; the categories have ids \[3, 7, 15, 42\]"),
-    (lambda d: d["categories"].append({"id": 3, "name": "bus"}), r"category ids must be unique; repeated: 3"),
-    (lambda d: d["categories"].append({"id": 5, "name": "dog"}), r"category names must be unique; repeated: 'dog'"),
-    (lambda d: d["categories"].append({"id": "5", "name": "bus"}), r"needs an integer 'id' and a string 'name'"),
-    (lambda d: d.pop("annotations"), r"not a COCO instances file: 'annotations' missing or not a list"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(categories=[]), r"'categories' is empty"),
+        (
+            lambda d: d["annotations"][2].update(category_id=99),
+            r"1 annotation\(s\) refer to categories not in 'categories' \(category_id 99\), e\.g\. "
+            r"annotation id \d+ of image \d+; the categories have ids \[3, 7, 15, 42\]",
+        ),
+        (
+            lambda d: d["categories"].append({"id": 3, "name": "bus"}),
+            r"category ids must be unique; repeated: 3",
+        ),
+        (
+            lambda d: d["categories"].append({"id": 5, "name": "dog"}),
+            r"category names must be unique; repeated: 'dog'",
+        ),
+        (
+            lambda d: d["categories"].append({"id": "5", "name": "bus"}),
+            r"needs an integer 'id' and a string 'name'",
+        ),
+        (
+            lambda d: d.pop("annotations"),
+            r"not a COCO instances file: 'annotations' missing or not a list",
+        ),
+    ],
+)
 def test_bad_categories_are_refused_at_registration(coco_root, tmp_path, change, message):
     data = valid(coco_root)
     change(data)
     with pytest.raises(DatasetError, match=message):
-        register_coco_dataset("test_coco_bad", write(tmp_path, data), str(coco_root / "train" / "images"))
+        register_coco_dataset(
+            "test_coco_bad", write(tmp_path, data), str(coco_root / "train" / "images")
+        )
 
 
 def test_unreadable_and_missing_files_are_refused(coco_root, tmp_path):
     images = str(coco_root / "train" / "images")
-    with pytest.raises(DatasetError, match=r"Cannot read COCO annotation file .*bad\.json: JSONDecodeError"):
+    with pytest.raises(
+        DatasetError, match=r"Cannot read COCO annotation file .*bad\.json: JSONDecodeError"
+    ):
         register_coco_dataset("test_coco_bad", write(tmp_path, '{"images": ['), images)
     with pytest.raises(DatasetError, match=r"not a COCO annotation file: it holds a list"):
         register_coco_dataset("test_coco_bad", write(tmp_path, "[]"), images)
     with pytest.raises(DatasetError, match=r"COCO annotation file not found: .*nothing\.json"):
         register_coco_dataset("test_coco_bad", str(tmp_path / "nothing.json"), images)
     with pytest.raises(DatasetError, match=r"image folder not found: .*no_images"):
-        register_coco_dataset("test_coco_bad", str(coco_root / "train" / "custom.json"),
-                              str(tmp_path / "no_images"))
+        register_coco_dataset(
+            "test_coco_bad", str(coco_root / "train" / "custom.json"), str(tmp_path / "no_images")
+        )
 
 
 def test_missing_images_are_counted_and_one_is_named(coco_root, tmp_path):
@@ -191,32 +236,48 @@ def test_missing_images_are_counted_and_one_is_named(coco_root, tmp_path):
     json_file = write(tmp_path, data, "partial.json")
     register_coco_dataset("test_coco_missing_images", json_file, str(images))
     missing = os.path.join(str(images), data["images"][4]["file_name"])
-    with pytest.raises(DatasetError, match=rf"2 of the 6 images listed in .*partial\.json are "
-                                           rf"missing under .*, e\.g\. {missing}"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"2 of the 6 images listed in .*partial\.json are "
+        rf"missing under .*, e\.g\. {missing}",
+    ):
         DatasetCatalog.get("test_coco_missing_images")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["annotations"][0].update(bbox=[]), r"has an empty 'bbox'"),
-    (lambda d: d["annotations"][0].update(ignore=1), r"\"ignore\": 1, which is not supported"),
-    (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), r"annotation ids must be unique"),
-    (lambda d: d["images"].append(dict(d["images"][0])), r"image id 1 appears more than once"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["annotations"][0].update(bbox=[]), r"has an empty 'bbox'"),
+        (lambda d: d["annotations"][0].update(ignore=1), r"\"ignore\": 1, which is not supported"),
+        (
+            lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
+            r"annotation ids must be unique",
+        ),
+        (lambda d: d["images"].append(dict(d["images"][0])), r"image id 1 appears more than once"),
+    ],
+)
 def test_malformed_annotations_are_refused_when_loading(coco_root, tmp_path, change, message):
     data = valid(coco_root)
     change(data)
-    register_coco_dataset("test_coco_malformed", write(tmp_path, data), str(coco_root / "train" / "images"))
+    register_coco_dataset(
+        "test_coco_malformed", write(tmp_path, data), str(coco_root / "train" / "images")
+    )
     with pytest.raises(DatasetError, match=message):
         DatasetCatalog.get("test_coco_malformed")
 
 
 def config(coco_root, output_dir, **extra):
-    overrides = [o for o in tiny_overrides(str(coco_root), output_dir, **extra)
-                 if not o.startswith("dataloader.register.root=")]
+    overrides = [
+        o
+        for o in tiny_overrides(str(coco_root), output_dir, **extra)
+        if not o.startswith("dataloader.register.root=")
+    ]
     overrides += ["train.epochs=null", "train.step_epochs=null"]
     for i, split in enumerate(("train", "val")):
-        overrides += [f"dataloader.register.{i}.json_file={coco_root}/{split}/custom.json",
-                      f"dataloader.register.{i}.image_root={coco_root}/{split}/images"]
+        overrides += [
+            f"dataloader.register.{i}.json_file={coco_root}/{split}/custom.json",
+            f"dataloader.register.{i}.image_root={coco_root}/{split}/images",
+        ]
     return prepare_config(CONFIG, overrides)
 
 
@@ -243,11 +304,20 @@ def test_the_config_evaluates_against_the_json_ids(coco_root, tmp_path):
 
 def test_a_few_training_iterations_with_the_class_count_from_the_json(coco_root, tmp_path):
     out = str(tmp_path / "run")
-    cfg = tiny_detector(config(coco_root, out, **{
-        "train.max_iter": 2, "lr_multiplier.steps": [1], "dataloader.train.total_batch_size": 2,
-        "optimizer.lr": 0.005, "train.plots": False,
-        "model.roi_heads.box_predictor.test_topk_per_image": 10,
-    }))
+    cfg = tiny_detector(
+        config(
+            coco_root,
+            out,
+            **{
+                "train.max_iter": 2,
+                "lr_multiplier.steps": [1],
+                "dataloader.train.total_batch_size": 2,
+                "optimizer.lr": 0.005,
+                "train.plots": False,
+                "model.roi_heads.box_predictor.test_topk_per_image": 10,
+            },
+        )
+    )
     assert load_config(CONFIG).model.roi_heads.num_classes is None  # resolved from the json:
     assert cfg.model.roi_heads.num_classes == 4
     trainer = FinetuneTrainer(cfg)

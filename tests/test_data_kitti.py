@@ -1,5 +1,6 @@
 """KITTI 2D: the synthetic label files, parsing, splits, registration, errors, evaluation and a
 short training."""
+
 import json
 import math
 import os
@@ -51,7 +52,9 @@ def test_the_synthetic_labels_have_kitti_fields_and_geometry(kitti_root):
             assert len(fields) == 15
             kinds.add(fields[0])
             if fields[0] == "DontCare":
-                assert fields[1:4] == ["-1", "-1", "-10"] and fields[8:] == ["-1"] * 3 + ["-1000"] * 3 + ["-10"]
+                assert fields[1:4] == ["-1", "-1", "-10"] and fields[8:] == ["-1"] * 3 + [
+                    "-1000"
+                ] * 3 + ["-10"]
                 continue
             trunc, occ, alpha = float(fields[1]), int(fields[2]), float(fields[3])
             x1, y1, x2, y2 = map(float, fields[4:8])
@@ -68,23 +71,41 @@ def test_the_synthetic_labels_have_kitti_fields_and_geometry(kitti_root):
 
 def test_parse_reads_every_field(tmp_path):
     path = tmp_path / "000000.txt"
-    path.write_text("Pedestrian 0.00 0 -0.20 712.40 143.00 810.73 307.92 1.89 0.48 1.20 1.84 1.47 8.41 0.01\n\n")
+    path.write_text(
+        "Pedestrian 0.00 0 -0.20 712.40 143.00 810.73 307.92 1.89 0.48 1.20 1.84 1.47 8.41 0.01\n\n"
+    )
     (obj,) = parse_kitti_label(str(path))
-    assert obj == {"type": "Pedestrian", "truncated": 0.0, "occluded": 0, "alpha": -0.2,
-                   "bbox": [712.40, 143.0, 810.73, 307.92], "dimensions": [1.89, 0.48, 1.2],
-                   "location": [1.84, 1.47, 8.41], "rotation_y": 0.01}
+    assert obj == {
+        "type": "Pedestrian",
+        "truncated": 0.0,
+        "occluded": 0,
+        "alpha": -0.2,
+        "bbox": [712.40, 143.0, 810.73, 307.92],
+        "dimensions": [1.89, 0.48, 1.2],
+        "location": [1.84, 1.47, 8.41],
+        "rotation_y": 0.01,
+    }
     path.write_text("Car 0 0 0 1 2 3 4 1 1 1 0 0 5 0 0.75\n")
     assert parse_kitti_label(str(path), with_score=True)[0]["score"] == 0.75
 
 
-@pytest.mark.parametrize("line, message", [
-    ("Car 0.00 0 -0.20 712.40 143.00 810.73 307.92 1.89 0.48 1.20 1.84 1.47 8.41",
-     r"000000\.txt, line 2: 14 fields, expected 15"),
-    ("Bus 0.00 0 -0.20 712.40 143.00 810.73 307.92 1.89 0.48 1.20 1.84 1.47 8.41 0.01",
-     r"000000\.txt, line 2: unknown object type 'Bus'; KITTI's are Car, Van"),
-    ("Car 0.00 0 -0.20 712.40 143.00 810.73 x 1.89 0.48 1.20 1.84 1.47 8.41 0.01",
-     r"000000\.txt, line 2: non-numeric field"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            "Car 0.00 0 -0.20 712.40 143.00 810.73 307.92 1.89 0.48 1.20 1.84 1.47 8.41",
+            r"000000\.txt, line 2: 14 fields, expected 15",
+        ),
+        (
+            "Bus 0.00 0 -0.20 712.40 143.00 810.73 307.92 1.89 0.48 1.20 1.84 1.47 8.41 0.01",
+            r"000000\.txt, line 2: unknown object type 'Bus'; KITTI's are Car, Van",
+        ),
+        (
+            "Car 0.00 0 -0.20 712.40 143.00 810.73 x 1.89 0.48 1.20 1.84 1.47 8.41 0.01",
+            r"000000\.txt, line 2: non-numeric field",
+        ),
+    ],
+)
 def test_malformed_label_lines_are_reported_with_file_and_line(tmp_path, line, message):
     path = tmp_path / "000000.txt"
     path.write_text("Car 0 0 0 1 2 3 44 1 1 1 0 0 5 0\n" + line + "\n")
@@ -99,8 +120,10 @@ def test_the_split_is_deterministic_disjoint_and_complete():
     assert len(val) == 10 and sorted(train + val) == frames and not set(train) & set(val)
     assert val != kitti_split(frames, 0.2, seed=1)[1]
     assert val != frames[-10:]  # drawn across the sequence, not its end
-    for bad, message in (({"val_fraction": 1.0}, "val_fraction must be between 0 and 1, got 1.0"),
-                         ({"seed": None}, "seed must be an integer, got None")):
+    for bad, message in (
+        ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1, got 1.0"),
+        ({"seed": None}, "seed must be an integer, got None"),
+    ):
         with pytest.raises(DatasetError, match=message):
             kitti_split(frames, **{"val_fraction": 0.2, "seed": 0, **bad})
 
@@ -128,7 +151,15 @@ def test_registration_keeps_the_label_fields_and_ignore_regions(kitti_root):
             else:
                 ann = next(anns)
                 assert KITTI_CLASSES[ann["category_id"]] == obj["type"] and ann["iscrowd"] == 0
-                for key in ("truncated", "occluded", "alpha", "bbox", "dimensions", "location", "rotation_y"):
+                for key in (
+                    "truncated",
+                    "occluded",
+                    "alpha",
+                    "bbox",
+                    "dimensions",
+                    "location",
+                    "rotation_y",
+                ):
                     assert ann[key] == obj[key], key
         assert next(anns, None) is None
     assert crowd_seen
@@ -141,7 +172,10 @@ def test_split_files_choose_the_frames(kitti_root, tmp_path):
     assert [r["image_id"] for r in DatasetCatalog.get("kitti_ft_train")] == [1, 4, 7]
     assert [r["image_id"] for r in DatasetCatalog.get("kitti_ft_val")] == [2, 9]
     (tmp_path / "val.txt").write_text("000002\n000042\n")
-    with pytest.raises(DatasetError, match=r"1 frames of .*val\.txt have no image and label under .*, e\.g\. 000042"):
+    with pytest.raises(
+        DatasetError,
+        match=r"1 frames of .*val\.txt have no image and label under .*, e\.g\. 000042",
+    ):
         DatasetCatalog.get("kitti_ft_val")
     os.remove(tmp_path / "val.txt")
     with pytest.raises(DatasetError, match=r"KITTI split file missing: .*val\.txt"):
@@ -151,11 +185,17 @@ def test_split_files_choose_the_frames(kitti_root, tmp_path):
 
 def test_missing_data_and_bad_options_are_reported(tmp_path, kitti_root):
     register_kitti(str(tmp_path))
-    with pytest.raises(DatasetError, match=r"KITTI folder not found: .*kitti/training/image_2\. "
-                                           r"Download data_object_image_2\.zip"):
+    with pytest.raises(
+        DatasetError,
+        match=r"KITTI folder not found: .*kitti/training/image_2\. "
+        r"Download data_object_image_2\.zip",
+    ):
         DatasetCatalog.get("kitti_ft_train")
-    with pytest.raises(DatasetError, match=r"Dataset 'kitti_ft_train': .*kitti/training/image_2 does "
-                                           r"not exist\. Download data_object_image_2\.zip"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Dataset 'kitti_ft_train': .*kitti/training/image_2 does "
+        r"not exist\. Download data_object_image_2\.zip",
+    ):
         register_datasets(load_config(CONFIG, [f"dataloader.register.root={tmp_path}"]))
     with pytest.raises(DatasetError, match=r"val_fraction must be between 0 and 1, got 0"):
         register_kitti(str(tmp_path), val_fraction=0)
@@ -181,9 +221,15 @@ def test_the_config_scores_kitti_ap_and_coco_ap(kitti_root, tmp_path):
     # n <= 40 boxes score (n - 1) / 40.
     label_dir = MetadataCatalog.get("kitti_ft_val").label_dir
     labels = [os.path.join(label_dir, f"{r['image_id']:06d}.txt") for r in records]
-    cars = [o for f in labels for o in parse_kitti_label(f)
-            if o["type"] == "Car" and o["occluded"] <= 1 and o["truncated"] <= 0.3
-            and o["bbox"][3] - o["bbox"][1] > 25]
+    cars = [
+        o
+        for f in labels
+        for o in parse_kitti_label(f)
+        if o["type"] == "Car"
+        and o["occluded"] <= 1
+        and o["truncated"] <= 0.3
+        and o["bbox"][3] - o["bbox"][1] > 25
+    ]
     assert 2 <= len(cars) <= 40
     assert kitti["kitti/bbox"]["AP_moderate-Car"] == pytest.approx(100 * (len(cars) - 1) / 40)
     written = os.listdir(os.path.join(str(tmp_path), "kitti_results", "data"))
@@ -205,8 +251,12 @@ def test_coco_style_ap_ignores_detections_in_dontcare_regions(kitti_root, tmp_pa
             regions = [a["bbox"] for a in record["annotations"] if a["type"] == "DontCare"]
             if regions:
                 inst = outputs[0]["instances"]
-                extra = Instances(inst.image_size, pred_boxes=Boxes(torch.tensor([extra_box(regions[0])])),
-                                  scores=torch.tensor([2.0]), pred_classes=torch.tensor([0]))
+                extra = Instances(
+                    inst.image_size,
+                    pred_boxes=Boxes(torch.tensor([extra_box(regions[0])])),
+                    scores=torch.tensor([2.0]),
+                    pred_classes=torch.tensor([0]),
+                )
                 outputs[0]["instances"] = Instances.cat([inst, extra])
             evaluator.process([record], outputs)
         return evaluator.evaluate()["bbox"]["AP"]
@@ -217,13 +267,22 @@ def test_coco_style_ap_ignores_detections_in_dontcare_regions(kitti_root, tmp_pa
 
 def test_a_few_training_iterations_of_the_faster_rcnn(kitti_root, tmp_path):
     out = str(tmp_path / "run")
-    cfg = tiny_detector(config(kitti_root, out, **{
-        "train.max_iter": 2, "lr_multiplier.steps": [1], "dataloader.train.total_batch_size": 2,
-        "optimizer.lr": 0.005, "train.plots": False,
-        "model.roi_heads.box_predictor.test_topk_per_image": 10,
-        "dataloader.train.mapper.augmentations.0.max_size": 512,
-        "dataloader.test.mapper.augmentations.0.max_size": 512,
-    }))
+    cfg = tiny_detector(
+        config(
+            kitti_root,
+            out,
+            **{
+                "train.max_iter": 2,
+                "lr_multiplier.steps": [1],
+                "dataloader.train.total_batch_size": 2,
+                "optimizer.lr": 0.005,
+                "train.plots": False,
+                "model.roi_heads.box_predictor.test_topk_per_image": 10,
+                "dataloader.train.mapper.augmentations.0.max_size": 512,
+                "dataloader.test.mapper.augmentations.0.max_size": 512,
+            },
+        )
+    )
     trainer = FinetuneTrainer(cfg)
     model = trainer.model
     assert model.roi_heads.box_predictor.cls_score.out_features == 8
@@ -231,7 +290,9 @@ def test_a_few_training_iterations_of_the_faster_rcnn(kitti_root, tmp_path):
     calibrate_frozen_bn(model, next(iter(instantiate(cfg.dataloader.train))))
     before = {k: v.clone() for k, v in model.roi_heads.box_predictor.state_dict().items()}
     results = trainer.train()
-    assert any(not torch.equal(before[k], v) for k, v in model.roi_heads.box_predictor.state_dict().items())
+    assert any(
+        not torch.equal(before[k], v) for k, v in model.roi_heads.box_predictor.state_dict().items()
+    )
     with open(os.path.join(out, "metrics.json")) as f:
         losses = [json.loads(line)["total_loss"] for line in f if '"total_loss"' in line]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

@@ -1,4 +1,5 @@
 """Our DatasetMapper gives the numbers of detectron2's bitmask path, from compact crops."""
+
 import copy
 import os
 
@@ -21,15 +22,27 @@ from d2_finetune.structures import CroppedMasks
 
 from conftest import DEMO_CONFIG
 
-AUGS = [T.ResizeShortestEdge((96, 112, 128, 150, 200), max_size=400, sample_style="choice"),
-        T.RandomFlip(horizontal=True)]
+AUGS = [
+    T.ResizeShortestEdge((96, 112, 128, 150, 200), max_size=400, sample_style="choice"),
+    T.RandomFlip(horizontal=True),
+]
 
 
 def mapped_pair(d, seed, augs=AUGS):
-    stock = StockMapper(is_train=True, augmentations=augs, image_format="BGR",
-                        use_instance_mask=True, instance_mask_format="bitmask")
-    ours = DatasetMapper(is_train=True, augmentations=augs, image_format="BGR",
-                         use_instance_mask=True, instance_mask_format="cropped")
+    stock = StockMapper(
+        is_train=True,
+        augmentations=augs,
+        image_format="BGR",
+        use_instance_mask=True,
+        instance_mask_format="bitmask",
+    )
+    ours = DatasetMapper(
+        is_train=True,
+        augmentations=augs,
+        image_format="BGR",
+        use_instance_mask=True,
+        instance_mask_format="cropped",
+    )
     np.random.seed(seed)
     a = stock(copy.deepcopy(d))
     np.random.seed(seed)
@@ -49,8 +62,9 @@ def assert_same(a, b):
 @pytest.fixture(scope="module")
 def cityscapes_dicts(cityscapes_root):
     base = os.path.join(cityscapes_root, "cityscapes")
-    return load_cityscapes_instances(os.path.join(base, "leftImg8bit", "train"),
-                                     os.path.join(base, "gtFine", "train"))
+    return load_cityscapes_instances(
+        os.path.join(base, "leftImg8bit", "train"), os.path.join(base, "gtFine", "train")
+    )
 
 
 def test_cropped_rle_masks_equal_the_bitmask_path(cityscapes_dicts):
@@ -62,7 +76,9 @@ def test_cropped_rle_masks_equal_the_bitmask_path(cityscapes_dicts):
 def test_cropped_polygon_masks_equal_the_bitmask_path(tmp_path):
     from detectron2.data.datasets import load_coco_json
 
-    json_file, image_root = make_coco(str(tmp_path), num_images=3, size=(160, 96), seed=4, image_ext="png")
+    json_file, image_root = make_coco(
+        str(tmp_path), num_images=3, size=(160, 96), seed=4, image_ext="png"
+    )
     for seed, d in enumerate(load_coco_json(json_file, image_root)):
         assert_same(*mapped_pair(d, seed))
 
@@ -76,7 +92,9 @@ def test_other_transforms_fall_back_to_full_masks(cityscapes_dicts):
 def test_opencv_decodes_png_exactly_as_pil(cityscapes_dicts):
     for d in cityscapes_dicts[:3]:
         for fmt in ("BGR", "RGB"):
-            assert np.array_equal(read_image(d["file_name"], fmt), stock_read_image(d["file_name"], fmt))
+            assert np.array_equal(
+                read_image(d["file_name"], fmt), stock_read_image(d["file_name"], fmt)
+            )
 
 
 def test_the_mask_loss_is_the_same_on_either_path(cityscapes_dicts):
@@ -117,8 +135,16 @@ def test_a_mask_whose_runs_do_not_fit_its_image_names_the_file(cityscapes_dicts)
     d = copy.deepcopy(cityscapes_dicts[0])
     segm = next(a["segmentation"] for a in d["annotations"] if not a["iscrowd"])
     segm["size"] = [segm["size"][0], segm["size"][1] + 1]
-    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR",
-                           use_instance_mask=True, instance_mask_format="cropped")
-    with pytest.raises(DatasetError, match=rf"Cannot use the masks of {d['file_name']}: its RLE runs "
-                                           r"cover \d+ pixels, not the \d+x\d+ of its size"):
+    mapper = DatasetMapper(
+        is_train=True,
+        augmentations=[],
+        image_format="BGR",
+        use_instance_mask=True,
+        instance_mask_format="cropped",
+    )
+    with pytest.raises(
+        DatasetError,
+        match=rf"Cannot use the masks of {d['file_name']}: its RLE runs "
+        r"cover \d+ pixels, not the \d+x\d+ of its size",
+    ):
         mapper(d)

@@ -1,4 +1,5 @@
 """scripts/prepare_cityscapes.py: layout checks, cache, trainId images and the summary table."""
+
 import importlib.util
 import os
 import subprocess
@@ -17,7 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _load_script():
     spec = importlib.util.spec_from_file_location(
-        "prepare_cityscapes_script", os.path.join(REPO, "scripts", "prepare_cityscapes.py"))
+        "prepare_cityscapes_script", os.path.join(REPO, "scripts", "prepare_cityscapes.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -108,8 +110,10 @@ def test_summary_table_and_cache(root, capsys):
     assert sum(train[c] for c in cs.CITYSCAPES_THING_CLASSES) > 10 and train["crowd regions"] > 0
     for split in ("train", "val"):
         path = cs.cache_file(cs.cityscapes_split_dirs(root, split)[1])
-        assert f"{split}: {train['images'] if split == 'train' else val['images']} images, " \
-               f"annotation cache {path}" in out
+        assert (
+            f"{split}: {train['images'] if split == 'train' else val['images']} images, "
+            f"annotation cache {path}" in out
+        )
         assert os.path.isfile(path)
 
 
@@ -118,7 +122,9 @@ def test_missing_root_is_reported(tmp_path, capsys):
         main(["--root", str(tmp_path / "nothing")])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert f"ERROR: Cityscapes not found: {tmp_path / 'nothing' / 'cityscapes'} does not exist" in err
+    assert (
+        f"ERROR: Cityscapes not found: {tmp_path / 'nothing' / 'cityscapes'} does not exist" in err
+    )
     assert "gtFine_trainvaltest.zip" in err
 
 
@@ -140,7 +146,9 @@ def test_half_present_split_is_reported(root, capsys):
 def test_script_runs_the_tool(root):
     done = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "prepare_cityscapes.py"), "--root", root],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "crowd regions" in done.stdout and "images without instances" in done.stdout

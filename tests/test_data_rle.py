@@ -1,4 +1,5 @@
 """decode_crop gives pycocotools' pixels, cut to the object, for every kind of mask."""
+
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest

@@ -21,8 +21,10 @@ def test_setup_sets_how_loader_workers_share_tensors(tiny_cfg, tmp_path, restore
     args = argparse.Namespace(config_file="", eval_only=False, num_gpus=1, opts=[])
     batches = {}
     for strategy in ("file_descriptor", "file_system"):
-        cfg = tiny_cfg(output_dir=str(tmp_path / strategy),
-                       **{"train.tensor_sharing": strategy, "dataloader.train.num_workers": 1})
+        cfg = tiny_cfg(
+            output_dir=str(tmp_path / strategy),
+            **{"train.tensor_sharing": strategy, "dataloader.train.num_workers": 1},
+        )
         setup(cfg, args)
         assert torch.multiprocessing.get_sharing_strategy() == strategy
         batches[strategy] = _first_batch(cfg)

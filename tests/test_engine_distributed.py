@@ -1,4 +1,5 @@
 """engine.distributed: a decision taken on the main process, shared with every process."""
+
 import argparse
 
 import pytest
@@ -43,7 +44,9 @@ def share(a):
 
 
 def test_two_processes_get_the_main_process_decision_and_its_error():
-    a = argparse.Namespace(num_gpus=2, num_machines=1, machine_rank=0, dist_url="auto", refuse=False)
+    a = argparse.Namespace(
+        num_gpus=2, num_machines=1, machine_rank=0, dist_url="auto", refuse=False
+    )
     launch(share, a)  # the assertions hold in both processes
     a.refuse = True
     with pytest.raises(WorkerError, match=r"^rank 0 stopped: the record is unreadable$") as error:

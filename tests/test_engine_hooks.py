@@ -1,4 +1,5 @@
 """Evaluation during training, best checkpoint, early stopping, validation loss, plots."""
+
 import json
 import math
 import os
@@ -49,12 +50,15 @@ def test_best_checkpoint_holds_the_best_evaluations_weights(tiny_cfg, tmp_path, 
     final = state(out / "model_final.pth")
     assert any(not torch.equal(final["model"][k], v) for k, v in at_best["model"].items())
     with open(out / "model_best.json") as f:
-        assert json.load(f) == {"metric": "cityscapes/AP", "value": 30.0, "iteration": 1,
-                                "evals_without_improvement": 2}
+        assert json.load(f) == {
+            "metric": "cityscapes/AP",
+            "value": 30.0,
+            "iteration": 1,
+            "evals_without_improvement": 2,
+        }
 
 
-def test_resume_point_stays_the_latest_checkpoint_not_the_best(tiny_cfg, tmp_path,
-                                                              scripted_metric):
+def test_resume_point_stays_the_latest_checkpoint_not_the_best(tiny_cfg, tmp_path, scripted_metric):
     scripted_metric += [10.0]
     out = tmp_path / "run"
     cfg = tiny_cfg(output_dir=str(out), **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
@@ -76,16 +80,25 @@ def test_early_stopping_stops_and_says_so(tiny_cfg, tmp_path, scripted_metric, c
         trainer.train()
     assert trainer.iter == 2  # evaluations after iterations 0, 1, 2; the last two did not improve
     assert scripted_metric == [7.0]
-    assert "Early stopping at iteration 2: cityscapes/AP has not improved for 2 evaluations" in caplog.text
+    assert (
+        "Early stopping at iteration 2: cityscapes/AP has not improved for 2 evaluations"
+        in caplog.text
+    )
     assert state(out / "model_final.pth")["iteration"] == 2
     assert state(out / "model_best.pth")["iteration"] == 0
 
 
 def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_cfg(output_dir=str(out), **{"train.val_loss_period": 2, "train.max_iter": 2,
-                                           "lr_multiplier.steps": [1],
-                                           "train.val_loss_images": 2})
+    cfg = tiny_cfg(
+        output_dir=str(out),
+        **{
+            "train.val_loss_period": 2,
+            "train.max_iter": 2,
+            "lr_multiplier.steps": [1],
+            "train.val_loss_images": 2,
+        },
+    )
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -93,7 +106,9 @@ def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tm
         rows = [json.loads(line) for line in f]
     logged = [r for r in rows if "val_total_loss" in r]
     assert len(logged) == 1 and logged[0]["iteration"] == 1
-    assert {"val_loss_cls", "val_loss_box_reg", "val_loss_mask", "val_loss_rpn_cls"} <= set(logged[0])
+    assert {"val_loss_cls", "val_loss_box_reg", "val_loss_mask", "val_loss_rpn_cls"} <= set(
+        logged[0]
+    )
 
     model = build_model(cfg)
     FinetuneCheckpointer(model).load(str(out / "model_final.pth"))
@@ -121,8 +136,10 @@ def test_validation_loss_is_logged_and_matches_a_manual_computation(tiny_cfg, tm
 
 
 def test_frozen_parameters_do_not_change(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(output_dir=str(tmp_path / "run"),
-                   **{"train.freeze": ["roi_heads.box_head.*", "backbone.fpn_output2.*"]})
+    cfg = tiny_cfg(
+        output_dir=str(tmp_path / "run"),
+        **{"train.freeze": ["roi_heads.box_head.*", "backbone.fpn_output2.*"]},
+    )
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     before = {k: v.clone() for k, v in trainer.model.named_parameters()}
@@ -130,22 +147,28 @@ def test_frozen_parameters_do_not_change(tiny_cfg, tmp_path):
     after = dict(trainer.model.named_parameters())
     frozen = [k for k in before if k.startswith(("roi_heads.box_head.", "backbone.fpn_output2."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
-    assert not torch.equal(before["roi_heads.box_predictor.cls_score.weight"],
-                           after["roi_heads.box_predictor.cls_score.weight"])
+    assert not torch.equal(
+        before["roi_heads.box_predictor.cls_score.weight"],
+        after["roi_heads.box_predictor.cls_score.weight"],
+    )
 
 
 def test_a_freeze_pattern_that_matches_nothing_is_an_error(tiny_cfg):
     from d2_finetune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train\.freeze pattern 'backbone\.nothing\*' matches no parameter"):
+    with pytest.raises(
+        ConfigError, match=r"train\.freeze pattern 'backbone\.nothing\*' matches no parameter"
+    ):
         FinetuneTrainer(tiny_cfg(**{"train.freeze": ["backbone.nothing*"]}))
 
 
 def _first_losses(tiny_cfg, out, **overrides):
     """The losses of iteration 0 and the dtype of the convolutions' outputs during training and
     during the evaluation at the end."""
-    cfg = tiny_cfg(output_dir=str(out), **{"train.max_iter": 2, "lr_multiplier.steps": [1],
-                                           "train.eval_period": 2, **overrides})
+    cfg = tiny_cfg(
+        output_dir=str(out),
+        **{"train.max_iter": 2, "lr_multiplier.steps": [1], "train.eval_period": 2, **overrides},
+    )
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     seen = {}
@@ -166,7 +189,8 @@ def test_bf16_autocast_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
     evaluation; the first iteration's losses (same weights, same batch) agree with float32's to
     bfloat16's precision, and all are finite."""
     trainer, bf16, seen, results = _first_losses(
-        tiny_cfg, tmp_path / "bf16", **{"train.amp.enabled": True, "train.amp.dtype": "bfloat16"})
+        tiny_cfg, tmp_path / "bf16", **{"train.amp.enabled": True, "train.amp.dtype": "bfloat16"}
+    )
     assert type(trainer._trainer).__name__ == "AutocastTrainer"
     assert trainer._trainer.precision == torch.bfloat16
     assert not trainer._trainer.grad_scaler.is_enabled()
@@ -196,8 +220,9 @@ def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
         with Image.open(out / "plots" / name) as im:
             im.verify()
             assert im.size[0] > 400 and im.size[1] > 200
-    drawn = plot_metrics(str(out / "metrics.json"), str(tmp_path / "replot"),
-                         trainer.evaluation_metrics)
+    drawn = plot_metrics(
+        str(out / "metrics.json"), str(tmp_path / "replot"), trainer.evaluation_metrics
+    )
     assert trainer.evaluation_metrics == ["cityscapes/AP", "cityscapes/AP50"]
     with open(out / "metrics.json") as f:
         rows = [json.loads(line) for line in f]
@@ -208,13 +233,16 @@ def test_plots_are_written_as_png(tiny_cfg, tmp_path, scripted_metric):
         assert xs == [0, 1, 2, 3], key
         assert ys == [r[key] for r in rows if key in r], key
     assert drawn["lr.png"]["lr"][0] == [0, 1, 2, 3]
-    assert drawn["metrics.png"] == {"cityscapes/AP": ([1, 4], [1.0, 2.0]),
-                                    "cityscapes/AP50": ([1, 4], [0.0, 0.0])}
+    assert drawn["metrics.png"] == {
+        "cityscapes/AP": ([1, 4], [1.0, 2.0]),
+        "cityscapes/AP50": ([1, 4], [0.0, 0.0]),
+    }
 
 
 def train_run(tiny_cfg, out, resume=False, **overrides):
-    cfg = tiny_cfg(output_dir=str(out), **{"train.eval_period": 1, "train.checkpointer.period": 1,
-                                           **overrides})
+    cfg = tiny_cfg(
+        output_dir=str(out), **{"train.eval_period": 1, "train.checkpointer.period": 1, **overrides}
+    )
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()
@@ -233,8 +261,12 @@ def test_the_best_survives_resume(tiny_cfg, tmp_path, scripted_metric):
     train_run(tiny_cfg, out, resume=True, **{"train.max_iter": 4, "lr_multiplier.steps": [3]})
     assert scripted_metric == []
     assert state(out / "model_best.pth")["best_metric"] == {"cityscapes/AP": 30.0}
-    assert best_record(out) == {"metric": "cityscapes/AP", "value": 30.0, "iteration": 0,
-                                "evals_without_improvement": 3}
+    assert best_record(out) == {
+        "metric": "cityscapes/AP",
+        "value": 30.0,
+        "iteration": 0,
+        "evals_without_improvement": 3,
+    }
 
 
 def test_a_new_run_in_the_same_folder_keeps_its_own_best(tiny_cfg, tmp_path, scripted_metric):
@@ -254,9 +286,12 @@ def test_an_unreadable_best_record_stops_resume_and_names_it(tiny_cfg, tmp_path,
     scripted_metric += [30.0, 10.0]
     train_run(tiny_cfg, out, **{"train.max_iter": 2, "lr_multiplier.steps": [1]})
     (out / "model_best.json").write_text('{"metric": "cityscapes/AP", "val')
-    with pytest.raises(CheckpointError, match=rf"Cannot read the best-checkpoint record "
-                                              rf"{out}/model_best.json \(JSONDecodeError: .*\)\. "
-                                              r"Restore it, or delete it together with model_best.pth"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"Cannot read the best-checkpoint record "
+        rf"{out}/model_best.json \(JSONDecodeError: .*\)\. "
+        r"Restore it, or delete it together with model_best.pth",
+    ):
         train_run(tiny_cfg, out, resume=True, **{"train.max_iter": 4, "lr_multiplier.steps": [3]})
 
 

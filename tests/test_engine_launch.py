@@ -1,4 +1,5 @@
 """engine.launch: processes started as detectron2 does, and an error reported once."""
+
 import argparse
 import os
 
@@ -9,15 +10,19 @@ from d2_finetune.errors import ConfigError, DatasetError
 
 
 def args(num_gpus=2, num_machines=1, dist_url="auto"):
-    return argparse.Namespace(num_gpus=num_gpus, num_machines=num_machines, machine_rank=0,
-                              dist_url=dist_url)
+    return argparse.Namespace(
+        num_gpus=num_gpus, num_machines=num_machines, machine_rank=0, dist_url=dist_url
+    )
 
 
 def test_auto_dist_url_on_several_machines_is_refused():
-    with pytest.raises(ConfigError, match=r"--dist-url auto picks a port on this machine and works "
-                                          r"on one machine only: with --num-machines > 1 give the "
-                                          r"first machine's address, e.g\. --dist-url "
-                                          r"tcp://<first machine>:29500"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--dist-url auto picks a port on this machine and works "
+        r"on one machine only: with --num-machines > 1 give the "
+        r"first machine's address, e.g\. --dist-url "
+        r"tcp://<first machine>:29500",
+    ):
         launch(lambda a: None, args(num_machines=2))
 
 

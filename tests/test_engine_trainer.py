@@ -23,9 +23,13 @@ def test_a_few_iterations_train_and_checkpoint(tiny_cfg, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(k.startswith("roi_heads.box_predictor") for k in changed)
     # freeze_at=2: the stem and res2 do not train.
-    assert not [k for k in changed if k.startswith(("backbone.bottom_up.stem", "backbone.bottom_up.res2"))]
+    assert not [
+        k for k in changed if k.startswith(("backbone.bottom_up.stem", "backbone.bottom_up.res2"))
+    ]
     out = tmp_path / "run"
-    assert {"model_0000001.pth", "model_0000003.pth", "model_final.pth", "last_checkpoint"} <= set(os.listdir(out))
+    assert {"model_0000001.pth", "model_0000003.pth", "model_final.pth", "last_checkpoint"} <= set(
+        os.listdir(out)
+    )
     with open(out / "metrics.json") as f:
         rows = [json.loads(line) for line in f]
     assert [r["iteration"] for r in rows if "total_loss" in r] == [0, 1, 2, 3]
@@ -83,8 +87,10 @@ def test_eval_only_evaluates_a_fine_tuned_checkpoint(tiny_cfg, tmp_path):
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     at_end = trainer.train()
-    cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
-                   **{"train.init_checkpoint": os.path.join(out, "model_final.pth")})
+    cfg = tiny_cfg(
+        output_dir=str(tmp_path / "eval"),
+        **{"train.init_checkpoint": os.path.join(out, "model_final.pth")},
+    )
     results = evaluate(cfg, load_for_inference(cfg))
     assert set(results) == {"cityscapes", "coco/bbox", "coco/segm"}
     assert json.dumps(results, sort_keys=True) == json.dumps(at_end, sort_keys=True)
@@ -96,8 +102,10 @@ def test_eval_only_evaluates_a_fine_tuned_checkpoint(tiny_cfg, tmp_path):
 
 def test_evaluating_in_a_training_output_dir_keeps_its_transfer_record(tiny_cfg, tmp_path):
     out = str(tmp_path / "run")
-    cfg = tiny_cfg(output_dir=out, **{"train.max_iter": 1, "lr_multiplier.steps": [],
-                                      "lr_multiplier.warmup_iters": 0})
+    cfg = tiny_cfg(
+        output_dir=out,
+        **{"train.max_iter": 1, "lr_multiplier.steps": [], "lr_multiplier.warmup_iters": 0},
+    )
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -120,8 +128,10 @@ def test_eval_only_refuses_a_checkpoint_whose_head_does_not_fit(tiny_cfg, tmp_pa
     model = instantiate(load_config(DEMO_CONFIG, ["model.roi_heads.num_classes=80"]).model)
     os.makedirs(out)
     torch.save({"model": model.state_dict()}, os.path.join(out, "coco.pth"))
-    cfg = tiny_cfg(output_dir=str(tmp_path / "eval"),
-                   **{"train.init_checkpoint": os.path.join(out, "coco.pth")})
+    cfg = tiny_cfg(
+        output_dir=str(tmp_path / "eval"),
+        **{"train.init_checkpoint": os.path.join(out, "coco.pth")},
+    )
     with pytest.raises(CheckpointError, match=r"does not fit this model's classes.*cls_score"):
         evaluate(cfg, load_for_inference(cfg))
 
@@ -138,8 +148,12 @@ class CapturePredictions:
     def process(self, inputs, outputs):
         for x, y in zip(inputs, outputs):
             inst = y["instances"].to("cpu")
-            self.seen[x["file_name"]] = (inst.pred_boxes.tensor, inst.scores, inst.pred_classes,
-                                         inst.pred_masks)
+            self.seen[x["file_name"]] = (
+                inst.pred_boxes.tensor,
+                inst.scores,
+                inst.pred_classes,
+                inst.pred_masks,
+            )
 
     def evaluate(self):
         return {}
@@ -184,8 +198,10 @@ def test_channels_last_gives_the_same_losses_and_gradients(tiny_cfg):
     nhwc = load_for_inference(tiny_cfg(**{"train.channels_last": True}))
     convs = [p for n, p in nhwc.named_parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                   for p in plain.parameters())
+    assert not any(
+        p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in plain.parameters()
+    )
     batch = next(iter(build_train_loader(cfg)[0]))
     losses, grads = _losses_and_grads(plain, batch)
     nhwc_losses, nhwc_grads = _losses_and_grads(nhwc, batch)

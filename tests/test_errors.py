@@ -1,6 +1,7 @@
 """Bad input to scripts/train_net.py: exit status 2, one short message naming the file, key or
 value at fault and the fix, no traceback, and nothing left behind in the output dir.
 Every case here is listed in docs/errors.md."""
+
 import importlib.util
 import os
 import shutil
@@ -60,25 +61,67 @@ def assert_reported(code, err, pattern, out):
 
 
 CONFIG_CASES = {
-    "missing config file": (["--config-file", "configs/nope_ft.py"], r"Config file not found: configs/nope_ft\.py"),
-    "misspelled config file": (["--config-file", "configs/cityscape_ft.py"], r"Did you mean configs/cityscapes_ft\.py"),
-    "unknown override key": (["model.roi_heads.no_such_key=1"], r"StandardROIHeads .*takes no argument 'no_such_key'"),
-    "misspelled override key": (["train.max_iterr=5"], r"no key 'train\.max_iterr'.*Did you mean: max_iter"),
+    "missing config file": (
+        ["--config-file", "configs/nope_ft.py"],
+        r"Config file not found: configs/nope_ft\.py",
+    ),
+    "misspelled config file": (
+        ["--config-file", "configs/cityscape_ft.py"],
+        r"Did you mean configs/cityscapes_ft\.py",
+    ),
+    "unknown override key": (
+        ["model.roi_heads.no_such_key=1"],
+        r"StandardROIHeads .*takes no argument 'no_such_key'",
+    ),
+    "misspelled override key": (
+        ["train.max_iterr=5"],
+        r"no key 'train\.max_iterr'.*Did you mean: max_iter",
+    ),
     "override of the wrong type": (["train.max_iter=abc"], r"train\.max_iter must be an integer"),
     "override without a value": (["train.max_iter"], r"write it as dotted\.key=value"),
-    "negative max_iter": (["train.max_iter=-5"], r"train\.max_iter must be a positive integer, got -5"),
-    "steps beyond max_iter": (["lr_multiplier.steps=[10]"], r"steps \[10\] reach beyond train\.max_iter=4"),
+    "negative max_iter": (
+        ["train.max_iter=-5"],
+        r"train\.max_iter must be a positive integer, got -5",
+    ),
+    "steps beyond max_iter": (
+        ["lr_multiplier.steps=[10]"],
+        r"steps \[10\] reach beyond train\.max_iter=4",
+    ),
     "zero learning rate": (["optimizer.lr=0"], r"optimizer\.lr must be a positive number, got 0"),
     "negative learning rate": (["optimizer.lr=-0.01"], r"optimizer\.lr must be a positive number"),
-    "batch not divisible by GPUs": (["--num-gpus", "3"], r"total_batch_size=2 is not divisible by the 3 processes"),
+    "batch not divisible by GPUs": (
+        ["--num-gpus", "3"],
+        r"total_batch_size=2 is not divisible by the 3 processes",
+    ),
     "zero GPUs": (["--num-gpus", "0"], r"--num-gpus and --num-machines must be at least 1"),
-    "zero classes": (["model.roi_heads.num_classes=0"], r"model\.roi_heads\.num_classes must be a positive integer"),
-    "negative eval period": (["train.eval_period=-1"], r"train\.eval_period must be a non-negative integer"),
-    "zero checkpoint period": (["train.checkpointer.period=0"], r"train\.checkpointer\.period must be a positive integer"),
-    "unknown AMP dtype": (["train.amp.dtype=int8"], r"train\.amp\.dtype must be float16 or bfloat16"),
-    "unknown tensor sharing": (["train.tensor_sharing=shm"], r"train\.tensor_sharing must be one of file_descriptor, file_system .*got 'shm'"),
-    "bad best-metric mode": (["train.best_metric.mode=best"], r"train\.best_metric\.mode must be 'max' or 'min'"),
-    "missing init checkpoint": (["train.init_checkpoint=/nonexistent/model.pkl"], r"train\.init_checkpoint=/nonexistent/model\.pkl: no such file"),
+    "zero classes": (
+        ["model.roi_heads.num_classes=0"],
+        r"model\.roi_heads\.num_classes must be a positive integer",
+    ),
+    "negative eval period": (
+        ["train.eval_period=-1"],
+        r"train\.eval_period must be a non-negative integer",
+    ),
+    "zero checkpoint period": (
+        ["train.checkpointer.period=0"],
+        r"train\.checkpointer\.period must be a positive integer",
+    ),
+    "unknown AMP dtype": (
+        ["train.amp.dtype=int8"],
+        r"train\.amp\.dtype must be float16 or bfloat16",
+    ),
+    "unknown tensor sharing": (
+        ["train.tensor_sharing=shm"],
+        r"train\.tensor_sharing must be one of file_descriptor, file_system .*got 'shm'",
+    ),
+    "bad best-metric mode": (
+        ["train.best_metric.mode=best"],
+        r"train\.best_metric\.mode must be 'max' or 'min'",
+    ),
+    "missing init checkpoint": (
+        ["train.init_checkpoint=/nonexistent/model.pkl"],
+        r"train\.init_checkpoint=/nonexistent/model\.pkl: no such file",
+    ),
 }
 
 
@@ -127,7 +170,9 @@ def test_unwritable_output_dir(tmp_path, base_args, capfd):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     out = str(blocker / "out")
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"train.output_dir={out}"], capfd)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, f"train.output_dir={out}"], capfd
+    )
     assert_reported(code, err, r"train\.output_dir=.*a_file/out is not writable", out)
 
 
@@ -144,16 +189,25 @@ def test_output_dir_that_existed_keeps_its_files(base_args, capfd):
     os.makedirs(out)
     with open(os.path.join(out, "notes.txt"), "w") as f:
         f.write("mine")
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, "dataloader.register.root=/nonexistent"], capfd)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, "dataloader.register.root=/nonexistent"], capfd
+    )
     assert code == 2 and "Traceback" not in err
     assert os.listdir(out) == ["notes.txt"]
 
 
 def test_missing_dataset_root(base_args, capfd):
     out, overrides = base_args
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, "dataloader.register.root=/nonexistent"], capfd)
-    assert_reported(code, err, r"/nonexistent/cityscapes/leftImg8bit/train does not exist\. Download "
-                    r"leftImg8bit_trainvaltest\.zip and gtFine_trainvaltest\.zip", out)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, "dataloader.register.root=/nonexistent"], capfd
+    )
+    assert_reported(
+        code,
+        err,
+        r"/nonexistent/cityscapes/leftImg8bit/train does not exist\. Download "
+        r"leftImg8bit_trainvaltest\.zip and gtFine_trainvaltest\.zip",
+        out,
+    )
 
 
 def test_missing_split(base_args, tmp_path, capfd):
@@ -161,17 +215,33 @@ def test_missing_split(base_args, tmp_path, capfd):
     root = tmp_path / "partial"
     src = overrides[0].split("=", 1)[1]
     for sub in ("leftImg8bit", "gtFine"):
-        shutil.copytree(os.path.join(src, "cityscapes", sub, "train"), root / "cityscapes" / sub / "train")
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"dataloader.register.root={root}"], capfd)
+        shutil.copytree(
+            os.path.join(src, "cityscapes", sub, "train"), root / "cityscapes" / sub / "train"
+        )
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, f"dataloader.register.root={root}"], capfd
+    )
     assert_reported(code, err, r"cityscapes/leftImg8bit/val does not exist", out)
 
 
 def test_unregistered_dataset_name(base_args, capfd):
     out, overrides = base_args
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides,
-                          "dataloader.test.dataset.names=cityscapes_ft_instance_vall"], capfd)
-    assert_reported(code, err, r"dataset 'cityscapes_ft_instance_vall' is not registered.*Did you mean: "
-                    r"cityscapes_ft_instance_val", out)
+    code, err = run_main(
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            *overrides,
+            "dataloader.test.dataset.names=cityscapes_ft_instance_vall",
+        ],
+        capfd,
+    )
+    assert_reported(
+        code,
+        err,
+        r"dataset 'cityscapes_ft_instance_vall' is not registered.*Did you mean: "
+        r"cityscapes_ft_instance_val",
+        out,
+    )
 
 
 def test_corrupt_annotation_json(base_args, tmp_path, capfd):
@@ -180,7 +250,9 @@ def test_corrupt_annotation_json(base_args, tmp_path, capfd):
     shutil.copytree(overrides[0].split("=", 1)[1], root)
     victim = sorted((root / "cityscapes" / "gtFine" / "train").rglob("*_polygons.json"))[0]
     victim.write_text('{"imgHeight": 128, "objects": [')
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"dataloader.register.root={root}"], capfd)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, f"dataloader.register.root={root}"], capfd
+    )
     assert_reported(code, err, "Cannot read annotation file " + str(victim), out)
 
 
@@ -191,8 +263,16 @@ def test_corrupt_image_names_the_file(base_args, tmp_path, capfd):
     for image in (root / "cityscapes" / "leftImg8bit" / "train").rglob("*.png"):
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     out = str(tmp_path / "run")
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"dataloader.register.root={root}",
-                          f"train.output_dir={out}"], capfd)
+    code, err = run_main(
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            *overrides,
+            f"dataloader.register.root={root}",
+            f"train.output_dir={out}",
+        ],
+        capfd,
+    )
     assert code == 2
     assert "ERROR: Cannot use image " in err and "_leftImg8bit.png" in err
     assert "Traceback" not in err
@@ -200,8 +280,12 @@ def test_corrupt_image_names_the_file(base_args, tmp_path, capfd):
 
 def test_freeze_pattern_matching_nothing(base_args, capfd):
     out, overrides = base_args
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, "train.freeze=[backbone.nothing*]"], capfd)
-    assert_reported(code, err, r"train\.freeze pattern 'backbone\.nothing\*' matches no parameter", out)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, "train.freeze=[backbone.nothing*]"], capfd
+    )
+    assert_reported(
+        code, err, r"train\.freeze pattern 'backbone\.nothing\*' matches no parameter", out
+    )
 
 
 def test_eval_only_with_a_head_that_does_not_fit(base_args, tmp_path, capfd):
@@ -211,11 +295,15 @@ def test_eval_only_with_a_head_that_does_not_fit(base_args, tmp_path, capfd):
     from d2_finetune.engine import FinetuneTrainer
 
     out, overrides = base_args
-    cfg = load_config(DEMO_CONFIG, overrides + ["model.roi_heads.num_classes=80", "train.device=cpu"])
+    cfg = load_config(
+        DEMO_CONFIG, overrides + ["model.roi_heads.num_classes=80", "train.device=cpu"]
+    )
     coco = tmp_path / "coco.pth"
     torch.save({"model": FinetuneTrainer.build_model(cfg).state_dict()}, coco)
-    code, err = run_main(["--config-file", DEMO_CONFIG, "--eval-only", *overrides,
-                          f"train.init_checkpoint={coco}"], capfd)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, "--eval-only", *overrides, f"train.init_checkpoint={coco}"],
+        capfd,
+    )
     assert_reported(code, err, r"coco\.pth does not fit this model's classes", out)
 
 
@@ -239,6 +327,7 @@ def _bad_checkpoint(kind, path, cfg_overrides):
     elif kind == "random bytes":
         open(path, "wb").write(_os.urandom(1 << 16))
     elif kind == "unsafe":
+
         class Payload:
             def __reduce__(self):
                 return (_os.system, (f"touch {path}.executed",))
@@ -247,18 +336,27 @@ def _bad_checkpoint(kind, path, cfg_overrides):
             pickle.dump({"model": {}, "__author__": Payload()}, f)
 
 
-@pytest.mark.parametrize("kind, ext, pattern", [
-    ("truncated", "pth", r"truncated\.pth is not a readable checkpoint"),
-    ("random bytes", "pth", r"random_bytes\.pth is not a readable checkpoint"),
-    ("other architecture", "pth", r"other_architecture\.pth does not fit the model outside its "
-                                  r"class-dependent layers.*train\.strict_transfer=False"),
-    ("unsafe", "pkl", r"unsafe\.pkl: refused to load: .*'posix\.system'.*Nothing was executed"),
-])
+@pytest.mark.parametrize(
+    "kind, ext, pattern",
+    [
+        ("truncated", "pth", r"truncated\.pth is not a readable checkpoint"),
+        ("random bytes", "pth", r"random_bytes\.pth is not a readable checkpoint"),
+        (
+            "other architecture",
+            "pth",
+            r"other_architecture\.pth does not fit the model outside its "
+            r"class-dependent layers.*train\.strict_transfer=False",
+        ),
+        ("unsafe", "pkl", r"unsafe\.pkl: refused to load: .*'posix\.system'.*Nothing was executed"),
+    ],
+)
 def test_bad_init_checkpoint(kind, ext, pattern, base_args, tmp_path, capfd):
     out, overrides = base_args
     path = str(tmp_path / f"{kind.replace(' ', '_')}.{ext}")
     _bad_checkpoint(kind, path, overrides)
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"train.init_checkpoint={path}"], capfd)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, f"train.init_checkpoint={path}"], capfd
+    )
     assert_reported(code, err, pattern, out)
     assert not os.path.exists(path + ".executed")
 
@@ -273,17 +371,31 @@ def test_offline_checkpoint_url_says_where_to_download(base_args, capfd, monkeyp
     monkeypatch.setenv("FVCORE_CACHE", str(os.path.dirname(base_args[0])))
     out, overrides = base_args
     url = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
-    code, err = run_main(["--config-file", DEMO_CONFIG, *overrides, f"train.init_checkpoint={url}"], capfd)
-    assert_reported(code, err, r"Cannot download https://dl\.fbaipublicfiles\.com/detectron2/"
-                    r"COCO-InstanceSegmentation/.*model_final_f10217\.pkl.*set "
-                    r"train\.init_checkpoint=/path/to/model_final_f10217\.pkl", out)
+    code, err = run_main(
+        ["--config-file", DEMO_CONFIG, *overrides, f"train.init_checkpoint={url}"], capfd
+    )
+    assert_reported(
+        code,
+        err,
+        r"Cannot download https://dl\.fbaipublicfiles\.com/detectron2/"
+        r"COCO-InstanceSegmentation/.*model_final_f10217\.pkl.*set "
+        r"train\.init_checkpoint=/path/to/model_final_f10217\.pkl",
+        out,
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
 def test_resume_with_a_corrupt_last_checkpoint(damage, base_args, capfd):
     out, overrides = base_args
-    argv = ["--config-file", DEMO_CONFIG, *overrides, "train.max_iter=2", "lr_multiplier.steps=[1]",
-            "train.checkpointer.period=1", "train.eval_after_train=False"]
+    argv = [
+        "--config-file",
+        DEMO_CONFIG,
+        *overrides,
+        "train.max_iter=2",
+        "lr_multiplier.steps=[1]",
+        "train.checkpointer.period=1",
+        "train.eval_after_train=False",
+    ]
     args = train_net.argument_parser().parse_args(argv)
     train_net.main(args)
     with open(os.path.join(out, "last_checkpoint")) as f:
@@ -297,7 +409,10 @@ def test_resume_with_a_corrupt_last_checkpoint(damage, base_args, capfd):
     code, err = run_main(["--resume", *argv, "train.max_iter=4"], capfd)
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert f"Cannot resume: {out}/last_checkpoint names model_final.pth, which cannot be loaded" in last
+    assert (
+        f"Cannot resume: {out}/last_checkpoint names model_final.pth, which cannot be loaded"
+        in last
+    )
     assert "Other checkpoints here: model_0000000.pth" in last
     assert "write its name into last_checkpoint" in last and "without --resume" in last
 
@@ -308,6 +423,16 @@ def test_more_gpus_than_the_machine_has(base_args, capfd, monkeypatch):
     out, overrides = base_args
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    code, err = run_main(["--num-gpus", "4", "--config-file", DEMO_CONFIG, *overrides,
-                          "train.device=cpu", "dataloader.train.total_batch_size=4"], capfd)
+    code, err = run_main(
+        [
+            "--num-gpus",
+            "4",
+            "--config-file",
+            DEMO_CONFIG,
+            *overrides,
+            "train.device=cpu",
+            "dataloader.train.total_batch_size=4",
+        ],
+        capfd,
+    )
     assert_reported(code, err, r"--num-gpus 4 but this machine has 1 GPU\(s\)", out)

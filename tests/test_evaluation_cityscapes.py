@@ -4,6 +4,7 @@ Random small cases (crowd regions, tiny regions, void, overlapping and duplicate
 class confusions, tied scores, images without predictions or ground truth) are scored by both:
 the official script on its own files (prediction txt + mask PNGs), ours in memory.
 """
+
 import json
 import math
 import os
@@ -32,8 +33,18 @@ EVALUATED_IDS = [24, 25, 26, 27, 28, 31, 32, 33]  # person ... bicycle
 UNEVALUATED_INSTANCE_IDS = [29, 30]  # caravan, trailer: instances, but ignored in evaluation
 VOID_IDS = [0, 1, 4, 5, 9, 18]
 STUFF_IDS = [7, 8, 11, 21, 23]
-ID_TO_NAME = {24: "person", 25: "rider", 26: "car", 27: "truck", 28: "bus", 29: "caravan",
-              30: "trailer", 31: "train", 32: "motorcycle", 33: "bicycle"}
+ID_TO_NAME = {
+    24: "person",
+    25: "rider",
+    26: "car",
+    27: "truck",
+    28: "bus",
+    29: "caravan",
+    30: "trailer",
+    31: "train",
+    32: "motorcycle",
+    33: "bicycle",
+}
 THING_CLASSES = INSTANCE_LABELS + ["caravan", "trailer"]
 TIED_SCORES = [0.25, 0.5, 0.75, 0.875]
 
@@ -70,8 +81,9 @@ def random_ground_truth(rng, size=SIZE, max_objects=8):
         ids[_shape(rng, height, width)] = rng.choice(STUFF_IDS + VOID_IDS)
     next_index = {}
     for _ in range(rng.integers(0, max_objects + 1)):
-        label = int(rng.choice(EVALUATED_IDS + UNEVALUATED_INSTANCE_IDS,
-                               p=[0.11] * 8 + [0.06, 0.06]))
+        label = int(
+            rng.choice(EVALUATED_IDS + UNEVALUATED_INSTANCE_IDS, p=[0.11] * 8 + [0.06, 0.06])
+        )
         if rng.random() < 0.15:
             value = label
         else:
@@ -113,8 +125,9 @@ def random_predictions(rng, ids):
         label = int(rng.choice(EVALUATED_IDS + UNEVALUATED_INSTANCE_IDS))
         preds.append((_shape(rng, height, width, tiny=rng.random() < 0.3), label, _score(rng)))
     if rng.random() < 0.1:
-        preds.append((np.zeros((height, width), dtype=bool), int(rng.choice(EVALUATED_IDS)),
-                      _score(rng)))
+        preds.append(
+            (np.zeros((height, width), dtype=bool), int(rng.choice(EVALUATED_IDS)), _score(rng))
+        )
     order = rng.permutation(len(preds))
     return [preds[i] for i in order]
 
@@ -185,14 +198,22 @@ def model_outputs(images, thing_classes=THING_CLASSES):
     inputs, outputs = [], []
     for core, ids, preds in images:
         height, width = ids.shape
-        inputs.append({"file_name": f"/data/leftImg8bit/val/frankfurt/{core}_leftImg8bit.png",
-                       "image_id": core, "height": height, "width": width})
+        inputs.append(
+            {
+                "file_name": f"/data/leftImg8bit/val/frankfurt/{core}_leftImg8bit.png",
+                "image_id": core,
+                "height": height,
+                "width": width,
+            }
+        )
         instances = Instances((height, width))
         masks = [m for m, _, _ in preds]
         instances.pred_masks = torch.from_numpy(
-            np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool))
+            np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
+        )
         instances.pred_classes = torch.tensor(
-            [thing_classes.index(ID_TO_NAME[label]) for _, label, _ in preds], dtype=torch.int64)
+            [thing_classes.index(ID_TO_NAME[label]) for _, label, _ in preds], dtype=torch.int64
+        )
         instances.scores = torch.tensor([s for _, _, s in preds], dtype=torch.float32)
         outputs.append({"instances": instances})
     return inputs, outputs
@@ -202,7 +223,7 @@ def evaluate(evaluator, images, batch_size=2):
     inputs, outputs = model_outputs(images)
     evaluator.reset()
     for i in range(0, len(inputs), batch_size):
-        evaluator.process(inputs[i:i + batch_size], outputs[i:i + batch_size])
+        evaluator.process(inputs[i : i + batch_size], outputs[i : i + batch_size])
     return evaluator.evaluate()
 
 
@@ -238,8 +259,11 @@ def assert_class_equals_official(ours, per_overlap, official, c, cls, what):
     row = np.asarray(official["resultApMatrix"][0])[c]
     for t, threshold in enumerate(OVERLAPS):
         value = per_overlap[cls][t]
-        assert_close(float("nan") if value is None else value, row[t],
-                     f"{what} {cls} overlap {threshold:.2f}")
+        assert_close(
+            float("nan") if value is None else value,
+            row[t],
+            f"{what} {cls} overlap {threshold:.2f}",
+        )
 
 
 def test_randomised_cases_equal_official_script(tmp_path, monkeypatch):
@@ -270,11 +294,15 @@ def test_randomised_cases_equal_official_script(tmp_path, monkeypatch):
             crashed = []
             for cls in INSTANCE_LABELS:
                 with monkeypatch.context() as patch:
-                    patch.setattr(official_module, "setInstanceLabels",
-                                  lambda args, only=cls: setattr(args, "instLabels", [only]))
+                    patch.setattr(
+                        official_module,
+                        "setInstanceLabels",
+                        lambda args, only=cls: setattr(args, "instLabels", [only]),
+                    )
                     try:
-                        one = run_official(patch, str(case_dir), gt_files,
-                                           str(case_dir / "results"))
+                        one = run_official(
+                            patch, str(case_dir), gt_files, str(case_dir / "results")
+                        )
                     except IndexError:
                         crashed.append(cls)
                         continue
@@ -317,13 +345,15 @@ def boundary_case():
     ids[20:25, 40:46] = 27  # truckgroup, 30 px
     ids[30:50, 40:60] = 27000
     preds = [
-        (ids == 26000, 26, 0.5), (ids == 28000, 28, 0.5), (ids == 27000, 27, 0.5),
+        (ids == 26000, 26, 0.5),
+        (ids == 28000, 28, 0.5),
+        (ids == 27000, 27, 0.5),
     ]
     for i, on_void in enumerate([5, 6, 7, 8]):  # of 10 pixels
         mask = np.zeros_like(ids, dtype=bool)
         x = 12 * i
-        mask[59, x:x + on_void] = True  # void row
-        mask[61, x:x + 10 - on_void] = True  # road
+        mask[59, x : x + on_void] = True  # void row
+        mask[61, x : x + 10 - on_void] = True  # road
         preds.append((mask, 28, 0.75))
     mask = np.zeros_like(ids, dtype=bool)
     mask[20:25, 40:46] = True  # the group: 30 of 100 pixels
@@ -383,8 +413,11 @@ def test_results_names_table_and_json(tmp_path, caplog):
     out_dir = str(tmp_path / "out")
     with caplog.at_level("INFO", logger="d2_finetune.evaluation.cityscapes"):
         results = evaluate(CityscapesInstanceEvaluator(name, output_dir=out_dir), images)
-    expected = {"AP", "AP50"} | {f"AP-{c}" for c in INSTANCE_LABELS} | {
-        f"AP50-{c}" for c in INSTANCE_LABELS}
+    expected = (
+        {"AP", "AP50"}
+        | {f"AP-{c}" for c in INSTANCE_LABELS}
+        | {f"AP50-{c}" for c in INSTANCE_LABELS}
+    )
     assert list(results) == ["segm"] and set(results["segm"]) == expected
     assert "| bicycle" in caplog.text and "| average" in caplog.text
     with open(os.path.join(out_dir, RESULTS_FILE)) as f:
@@ -404,8 +437,9 @@ def test_predictions_equal_to_ground_truth_score_100_and_none_score_0(tmp_path):
     ids[5:12, 90:100] = 24001  # person, 70 px: below the minimum region size
     ids[40:60, 100:125] = 26  # cargroup
     values = [26000, 24000, 24001, 26]
-    perfect = [(ids == v, v // 1000 if v >= 1000 else v, float(np.float32(rng.random())))
-               for v in values]
+    perfect = [
+        (ids == v, v // 1000 if v >= 1000 else v, float(np.float32(rng.random()))) for v in values
+    ]
     gt_dir, _ = write_ground_truth(str(tmp_path), [("frankfurt_000001_000019", ids, [])])
     name = register_metadata("cs_perfect", gt_dir)
     evaluator = CityscapesInstanceEvaluator(name)
@@ -480,14 +514,19 @@ def test_missing_ground_truth_folder_and_file_are_named(tmp_path):
     gt_dir, _ = write_ground_truth(str(tmp_path), images)
     name = register_metadata("cs_missing_file", gt_dir)
     other = [("frankfurt_999999_000019",) + images[0][1:]]
-    with pytest.raises(DatasetError, match="No ground truth for .*frankfurt_999999_000019_leftI"
-                                           "mg8bit.*frankfurt_999999_000019_gtFine_instanceIds"):
+    with pytest.raises(
+        DatasetError,
+        match="No ground truth for .*frankfurt_999999_000019_leftI"
+        "mg8bit.*frankfurt_999999_000019_gtFine_instanceIds",
+    ):
         evaluate(CityscapesInstanceEvaluator(name), other)
 
 
 def test_non_cityscapes_file_name_is_refused():
-    assert cityscapes_core_name("a/b/frankfurt_000000_000294_leftImg8bit.png") == \
-        "frankfurt_000000_000294"
+    assert (
+        cityscapes_core_name("a/b/frankfurt_000000_000294_leftImg8bit.png")
+        == "frankfurt_000000_000294"
+    )
     with pytest.raises(DatasetError, match="image42.png: not a Cityscapes file name"):
         cityscapes_core_name("/data/image42.png")
 
@@ -497,9 +536,13 @@ def test_masks_not_at_the_ground_truth_size_are_refused(tmp_path):
     gt_dir, _ = write_ground_truth(str(tmp_path), [(core, ids, preds)])
     name = register_metadata("cs_bad_size", gt_dir)
     small = [(mask[::2, ::2], label, score) for mask, label, score in preds] or [
-        (np.ones((32, 64), dtype=bool), 26, 0.5)]
-    with pytest.raises(DatasetError, match=r"are \(32, 64\) \(H, W\) but its ground truth .* is "
-                                           r"\(64, 128\).*original image size"):
+        (np.ones((32, 64), dtype=bool), 26, 0.5)
+    ]
+    with pytest.raises(
+        DatasetError,
+        match=r"are \(32, 64\) \(H, W\) but its ground truth .* is "
+        r"\(64, 128\).*original image size",
+    ):
         evaluate(CityscapesInstanceEvaluator(name), [(core, ids[::2, ::2], small)])
 
 
@@ -507,8 +550,9 @@ def test_instances_without_masks_are_refused(tmp_path):
     images = random_case(4, max_images=1)
     gt_dir, _ = write_ground_truth(str(tmp_path), images)
     name = register_metadata("cs_no_masks", gt_dir)
-    inputs, outputs = model_outputs([(images[0][0], images[0][1], [
-        (np.ones((64, 128), dtype=bool), 26, 0.5)])])
+    inputs, outputs = model_outputs(
+        [(images[0][0], images[0][1], [(np.ones((64, 128), dtype=bool), 26, 0.5)])]
+    )
     outputs[0]["instances"].remove("pred_masks")
     evaluator = CityscapesInstanceEvaluator(name)
     evaluator.reset()
@@ -526,7 +570,7 @@ def _distributed_worker(gt_dir, case_file, result_file):
         images = pickle.load(f)
     name = register_metadata("cs_distributed", gt_dir)
     evaluator = CityscapesInstanceEvaluator(name)
-    mine = images[comm.get_rank()::comm.get_world_size()]
+    mine = images[comm.get_rank() :: comm.get_world_size()]
     results = evaluate(evaluator, mine)
     if comm.is_main_process():
         with open(result_file, "wb") as f:
@@ -551,8 +595,9 @@ def test_two_processes_gather_the_single_process_results(tmp_path):
     assert_same_results(distributed["segm"], single["segm"])
 
 
-def test_class_whose_predictions_are_all_ignored_scores_0_where_official_fails(tmp_path,
-                                                                               monkeypatch):
+def test_class_whose_predictions_are_all_ignored_scores_0_where_official_fails(
+    tmp_path, monkeypatch
+):
     ids = np.full((64, 128), 7, dtype=np.int64)
     ids[10:30, 10:30] = 26000  # a car nobody finds
     ids[40:60, 60:100] = 1  # ego vehicle: void

@@ -2,6 +2,7 @@
 
 Scoring against cityscapesscripts itself is in test_evaluation_cityscapes.py.
 """
+
 import numpy as np
 import pytest
 
@@ -115,7 +116,7 @@ def test_crops_are_the_masks_bounding_boxes(width):
     masks = np.zeros((6, 24, width), dtype=bool)
     for mask in masks[:5]:
         y, x = rng.integers(0, 20), rng.integers(0, width - 4)
-        mask[y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+        mask[y : y + rng.integers(1, 5), x : x + rng.integers(1, 5)] = True
         mask[rng.integers(0, 24), rng.integers(0, width)] = True
     crops = crop_predictions(masks, [0, 1, 2, -1, 3, 4], np.linspace(0.1, 0.6, 6))
     kept = [0, 1, 2, 4]  # -1: not evaluated; the last mask is empty
@@ -123,4 +124,4 @@ def test_crops_are_the_masks_bounding_boxes(width):
     for i, box, crop in zip(kept, crops.boxes.tolist(), crops.masks):
         ys, xs = np.nonzero(masks[i])
         assert box == [ys.min(), ys.max() + 1, xs.min(), xs.max() + 1]
-        assert np.array_equal(crop, masks[i][box[0]:box[1], box[2]:box[3]])
+        assert np.array_equal(crop, masks[i][box[0] : box[1], box[2] : box[3]])

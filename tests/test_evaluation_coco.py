@@ -13,12 +13,26 @@ from d2_finetune.evaluation import ScopedCOCOEvaluator
 from conftest import perfect_outputs
 
 RECORDS = [
-    {"file_name": f"img{i}.png", "image_id": i, "height": 100, "width": 120, "annotations": [
-        {"bbox": [10 + i, 20, 40, 30], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0,
-         "iscrowd": 0},
-        {"bbox": [60, 50 + i, 30, 40], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1,
-         "iscrowd": 0},
-    ]}
+    {
+        "file_name": f"img{i}.png",
+        "image_id": i,
+        "height": 100,
+        "width": 120,
+        "annotations": [
+            {
+                "bbox": [10 + i, 20, 40, 30],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": 0,
+                "iscrowd": 0,
+            },
+            {
+                "bbox": [60, 50 + i, 30, 40],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": 1,
+                "iscrowd": 0,
+            },
+        ],
+    }
     for i in range(3)
 ]
 
@@ -42,14 +56,17 @@ def box_ap(evaluator, dataset):
 
 def test_each_evaluator_converts_into_its_own_folder(dataset, tmp_path):
     first = tmp_path / "first"
-    assert box_ap(ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(first)),
-                  dataset) == 100
+    assert (
+        box_ap(ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(first)), dataset) == 100
+    )
     assert "json_file" not in MetadataCatalog.get(dataset).as_dict()
     shutil.rmtree(first)
 
     second = tmp_path / "second"
-    assert box_ap(ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(second)),
-                  dataset) == 100
+    assert (
+        box_ap(ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(second)), dataset)
+        == 100
+    )
     assert os.path.isfile(second / f"{dataset}_coco_format.json")
     assert "json_file" not in MetadataCatalog.get(dataset).as_dict()
 
@@ -60,8 +77,12 @@ def test_a_failed_conversion_leaves_no_path_behind(dataset, tmp_path):
     with pytest.raises(OSError):
         ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(blocked / "inference"))
     assert "json_file" not in MetadataCatalog.get(dataset).as_dict()
-    assert box_ap(ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(tmp_path / "ok")),
-                  dataset) == 100
+    assert (
+        box_ap(
+            ScopedCOCOEvaluator(dataset, tasks=("bbox",), output_dir=str(tmp_path / "ok")), dataset
+        )
+        == 100
+    )
 
 
 def test_a_dataset_with_its_own_json_is_evaluated_against_it(dataset, tmp_path):

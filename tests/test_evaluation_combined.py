@@ -1,5 +1,6 @@
 """The Cityscapes config's evaluator in an --eval-only run: official and COCO-style metrics,
 named apart."""
+
 import math
 import os
 
@@ -21,11 +22,17 @@ COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 def expected_names():
-    cityscapes = ["AP", "AP50"] + [f"AP-{c}" for c in CITYSCAPES_THING_CLASSES] + [
-        f"AP50-{c}" for c in CITYSCAPES_THING_CLASSES]
+    cityscapes = (
+        ["AP", "AP50"]
+        + [f"AP-{c}" for c in CITYSCAPES_THING_CLASSES]
+        + [f"AP50-{c}" for c in CITYSCAPES_THING_CLASSES]
+    )
     coco = COCO_METRICS + [f"AP-{c}" for c in CITYSCAPES_THING_CLASSES]
-    return ({f"cityscapes/{k}" for k in cityscapes} | {f"coco/bbox/{k}" for k in coco}
-            | {f"coco/segm/{k}" for k in coco})
+    return (
+        {f"cityscapes/{k}" for k in cityscapes}
+        | {f"coco/bbox/{k}" for k in coco}
+        | {f"coco/segm/{k}" for k in coco}
+    )
 
 
 class GroundTruthModel(nn.Module):
@@ -48,13 +55,17 @@ class GroundTruthModel(nn.Module):
             masks = [mask_util.decode(a["segmentation"]).astype(bool) for a in annotations]
             instances = Instances((height, width))
             instances.pred_masks = torch.from_numpy(
-                np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool))
-            instances.pred_boxes = Boxes(torch.tensor(
-                [a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4))
-            instances.pred_classes = torch.tensor([a["category_id"] for a in annotations],
-                                                  dtype=torch.int64)
-            instances.scores = torch.tensor(rng.uniform(0.5, 1, len(annotations)),
-                                            dtype=torch.float32)
+                np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
+            )
+            instances.pred_boxes = Boxes(
+                torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+            )
+            instances.pred_classes = torch.tensor(
+                [a["category_id"] for a in annotations], dtype=torch.int64
+            )
+            instances.scores = torch.tensor(
+                rng.uniform(0.5, 1, len(annotations)), dtype=torch.float32
+            )
             outputs.append({"instances": instances})
         return outputs
 
@@ -72,14 +83,21 @@ def test_eval_only_scores_ground_truth_100_and_nothing_0(tiny_cfg):
 
     results = flatten_results_dict(FinetuneTrainer.test(cfg, GroundTruthModel(dataset)))
     assert set(results) == expected_names()
-    for name in ["cityscapes/AP", "cityscapes/AP50", "coco/bbox/AP", "coco/bbox/AP50",
-                 "coco/segm/AP", "coco/segm/AP75"]:
+    for name in [
+        "cityscapes/AP",
+        "cityscapes/AP50",
+        "coco/bbox/AP",
+        "coco/bbox/AP50",
+        "coco/segm/AP",
+        "coco/segm/AP75",
+    ]:
         assert results[name] == 100, name
     with open(os.path.join(cfg.train.output_dir, "inference", RESULTS_FILE)) as f:
         assert '"AP": 100.0' in f.read()
 
     results = flatten_results_dict(
-        FinetuneTrainer.test(cfg, GroundTruthModel(dataset, perfect=False)))
+        FinetuneTrainer.test(cfg, GroundTruthModel(dataset, perfect=False))
+    )
     assert results["cityscapes/AP"] == results["cityscapes/AP50"] == 0
     # detectron2's COCOEvaluator reports NaN when the model predicts nothing.
     assert math.isnan(results["coco/bbox/AP"]) and math.isnan(results["coco/segm/AP"])

@@ -1,5 +1,6 @@
 """KITTI AP|R40: hand-computable cases, agreement with a line-by-line transcription of the
 devkit's evaluate_object.cpp, and the detectron2 evaluator."""
+
 import math
 
 import numpy as np
@@ -98,11 +99,14 @@ def test_a_detection_of_another_class_is_no_detection():
     assert ap(gts, dets) == pytest.approx(100 * 38 / 40)  # 39 of 40 found
 
 
-@pytest.mark.parametrize("box, expected", [
-    ((0, 300, 100, 360), 100.0),  # inside the DontCare region
-    ((-50, 300, 50, 360), 100 * 80 / 81),  # half inside: 0.5 of its area, below 0.7
-    ((500, 300, 600, 360), 100 * 80 / 81),  # elsewhere
-])
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ((0, 300, 100, 360), 100.0),  # inside the DontCare region
+        ((-50, 300, 50, 360), 100 * 80 / 81),  # half inside: 0.5 of its area, below 0.7
+        ((500, 300, 600, 360), 100 * 80 / 81),  # elsewhere
+    ],
+)
 def test_detections_in_dontcare_regions_are_not_false_positives(box, expected):
     gts, dets = cars(80)
     gts[0].append(gt("DontCare", (0, 280, 200, 380), truncated=-1, occluded=-1))
@@ -110,21 +114,32 @@ def test_detections_in_dontcare_regions_are_not_false_positives(box, expected):
     assert ap(gts, dets) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("height, truncated, occluded, counted_from", [
-    (30, 0.0, 0, "moderate"),  # easy needs more than 40 pixels
-    (40, 0.0, 0, "moderate"),
-    (50, 0.0, 1, "moderate"),
-    (50, 0.0, 2, "hard"),
-    (50, 0.2, 0, "moderate"),
-    (50, 0.4, 0, "hard"),
-])
-def test_difficulty_levels_follow_height_occlusion_and_truncation(height, truncated, occluded,
-                                                                  counted_from):
+@pytest.mark.parametrize(
+    "height, truncated, occluded, counted_from",
+    [
+        (30, 0.0, 0, "moderate"),  # easy needs more than 40 pixels
+        (40, 0.0, 0, "moderate"),
+        (50, 0.0, 1, "moderate"),
+        (50, 0.0, 2, "hard"),
+        (50, 0.2, 0, "moderate"),
+        (50, 0.4, 0, "hard"),
+    ],
+)
+def test_difficulty_levels_follow_height_occlusion_and_truncation(
+    height, truncated, occluded, counted_from
+):
     gts, dets = cars(40)
-    extra = [[gt("Car", (100 * i, 300, 100 * i + 80, 300 + height), truncated, occluded)
-              for i in range(10)] for _ in range(4)]
-    found = [[det("Car", g["bbox"], 0.5 - (10 * f + i) / 1000) for i, g in enumerate(frame)]
-             for f, frame in enumerate(extra)]
+    extra = [
+        [
+            gt("Car", (100 * i, 300, 100 * i + 80, 300 + height), truncated, occluded)
+            for i in range(10)
+        ]
+        for _ in range(4)
+    ]
+    found = [
+        [det("Car", g["bbox"], 0.5 - (10 * f + i) / 1000) for i, g in enumerate(frame)]
+        for f, frame in enumerate(extra)
+    ]
     levels = ("easy", "moderate", "hard")
     for level in levels:
         counted = levels.index(level) >= levels.index(counted_from)
@@ -132,7 +147,8 @@ def test_difficulty_levels_follow_height_occlusion_and_truncation(height, trunca
         missed = ap(gts + extra, dets + [[] for _ in extra], difficulty=level)
         assert missed == pytest.approx(50.0 if counted else 97.5), level
         assert ap(gts + extra, dets + found, difficulty=level) == pytest.approx(
-            100.0 if counted else 97.5), level
+            100.0 if counted else 97.5
+        ), level
 
 
 def test_detections_lower_than_the_minimum_height_are_not_false_positives():
@@ -142,9 +158,15 @@ def test_detections_lower_than_the_minimum_height_are_not_false_positives():
     assert ap(gts, dets, difficulty="moderate") == pytest.approx(100 * 80 / 81)
 
 
-@pytest.mark.parametrize("cls, width, counts", [
-    ("Car", 71, True), ("Car", 69, False), ("Pedestrian", 60, True), ("Cyclist", 49, False),
-])
+@pytest.mark.parametrize(
+    "cls, width, counts",
+    [
+        ("Car", 71, True),
+        ("Car", 69, False),
+        ("Pedestrian", 60, True),
+        ("Cyclist", 49, False),
+    ],
+)
 def test_the_iou_threshold_is_0_7_for_cars_and_0_5_for_people(cls, width, counts):
     gts, dets = cars(80)
     for frame_gt, frame_det in zip(gts, dets):
@@ -192,8 +214,11 @@ def devkit_clean(cls, gt_frame, det_frame, d):
             valid = 0
         else:
             valid = -1
-        ignore = (g["occluded"] > MAX_OCCLUSION[d] or g["truncated"] > MAX_TRUNCATION[d]
-                  or height <= MIN_HEIGHT[d])
+        ignore = (
+            g["occluded"] > MAX_OCCLUSION[d]
+            or g["truncated"] > MAX_TRUNCATION[d]
+            or height <= MIN_HEIGHT[d]
+        )
         if valid == 1 and not ignore:
             ignored_gt.append(0)
             n_gt += 1
@@ -216,8 +241,9 @@ def devkit_clean(cls, gt_frame, det_frame, d):
     return ignored_gt, dc, ignored_det, n_gt
 
 
-def devkit_statistics(gt_frame, det_frame, dc, ignored_gt, ignored_det, compute_fp, min_overlap,
-                      thresh=0.0):
+def devkit_statistics(
+    gt_frame, det_frame, dc, ignored_gt, ignored_det, compute_fp, min_overlap, thresh=0.0
+):
     no_detection = -10000000
     tp = fp = fn = 0
     v = []
@@ -233,11 +259,19 @@ def devkit_statistics(gt_frame, det_frame, dc, ignored_gt, ignored_det, compute_
             overlap = devkit_overlap(x["bbox"], g["bbox"], -1)
             if not compute_fp and overlap > min_overlap and x["score"] > valid_detection:
                 det_idx, valid_detection = j, x["score"]
-            elif (compute_fp and overlap > min_overlap and (overlap > max_overlap or assigned_ignored_det)
-                  and ignored_det[j] == 0):
+            elif (
+                compute_fp
+                and overlap > min_overlap
+                and (overlap > max_overlap or assigned_ignored_det)
+                and ignored_det[j] == 0
+            ):
                 max_overlap, det_idx, valid_detection, assigned_ignored_det = overlap, j, 1, False
-            elif (compute_fp and overlap > min_overlap and valid_detection == no_detection
-                  and ignored_det[j] == 1):
+            elif (
+                compute_fp
+                and overlap > min_overlap
+                and valid_detection == no_detection
+                and ignored_det[j] == 1
+            ):
                 det_idx, valid_detection, assigned_ignored_det = j, 1, True
         if valid_detection == no_detection and ignored_gt[i] == 0:
             fn += 1
@@ -249,7 +283,9 @@ def devkit_statistics(gt_frame, det_frame, dc, ignored_gt, ignored_det, compute_
             assigned[det_idx] = True
     if compute_fp:
         for j in range(len(det_frame)):
-            if not (assigned[j] or ignored_det[j] == -1 or ignored_det[j] == 1 or ignored_threshold[j]):
+            if not (
+                assigned[j] or ignored_det[j] == -1 or ignored_det[j] == 1 or ignored_threshold[j]
+            ):
                 fp += 1
         nstuff = 0
         for region in dc:
@@ -290,7 +326,9 @@ def devkit_ap(gts, dets, cls, d, min_overlap):
     for t, thresh in enumerate(thresholds):
         tp = fp = 0
         for g, x, (ignored_gt, dc, ignored_det) in zip(gts, dets, cleaned):
-            a, b, _, _ = devkit_statistics(g, x, dc, ignored_gt, ignored_det, True, min_overlap, thresh)
+            a, b, _, _ = devkit_statistics(
+                g, x, dc, ignored_gt, ignored_det, True, min_overlap, thresh
+            )
             tp, fp = tp + a, fp + b
         precision[t] = tp / (tp + fp) if tp + fp else 0.0
     for t in range(len(thresholds)):
@@ -303,8 +341,21 @@ def random_frames(rng, num_frames):
     occlusion level, overlapping twins, DontCare regions with detections inside, detections
     of the right and wrong class at IoUs around the thresholds, scores that favour the better
     detections, and stray false positives."""
-    kinds = ["Car", "Car", "Car", "Van", "Truck", "Pedestrian", "Pedestrian", "Person_sitting",
-             "Cyclist", "Cyclist", "Tram", "Misc", "DontCare"]
+    kinds = [
+        "Car",
+        "Car",
+        "Car",
+        "Van",
+        "Truck",
+        "Pedestrian",
+        "Pedestrian",
+        "Person_sitting",
+        "Cyclist",
+        "Cyclist",
+        "Tram",
+        "Misc",
+        "DontCare",
+    ]
     gts, dets = [], []
     for _ in range(num_frames):
         frame_gt, frame_det = [], []
@@ -317,20 +368,41 @@ def random_frames(rng, num_frames):
                 dx, dy = rng.uniform(-0.25, 0.25, size=2) * [w, h]
                 boxes.append((x + dx, y + dy, x + w + dx, y + h + dy))
             for box in boxes:
-                frame_gt.append(gt(kind, box, float(rng.choice([0, 0.1, 0.2, 0.4, 0.6])),
-                                   int(rng.choice([0, 0, 1, 2, 3]))))
+                frame_gt.append(
+                    gt(
+                        kind,
+                        box,
+                        float(rng.choice([0, 0.1, 0.2, 0.4, 0.6])),
+                        int(rng.choice([0, 0, 1, 2, 3])),
+                    )
+                )
                 for _ in range(rng.integers(0, 4)):
                     spread = rng.choice([0.01, 0.05, 0.15, 0.3])
                     jitter = rng.normal(0, spread, size=4) * [w, h, w, h]
                     real = kind not in ("Misc", "DontCare") and rng.random() < 0.8
                     guess = kind if real else kinds[rng.integers(10)]
                     score = float(np.clip(rng.normal(0.8 - spread, 0.15), 0, 1))
-                    frame_det.append(det(guess, (box[0] + jitter[0], box[1] + jitter[1],
-                                                 box[2] + jitter[2], box[3] + jitter[3]), score))
+                    frame_det.append(
+                        det(
+                            guess,
+                            (
+                                box[0] + jitter[0],
+                                box[1] + jitter[1],
+                                box[2] + jitter[2],
+                                box[3] + jitter[3],
+                            ),
+                            score,
+                        )
+                    )
         for _ in range(rng.integers(0, 3)):
             x, y = rng.uniform(0, 1000), rng.uniform(0, 300)
-            frame_det.append(det(kinds[rng.integers(10)], (x, y, x + rng.uniform(10, 120),
-                                                           y + rng.uniform(10, 120)), float(rng.random())))
+            frame_det.append(
+                det(
+                    kinds[rng.integers(10)],
+                    (x, y, x + rng.uniform(10, 120), y + rng.uniform(10, 120)),
+                    float(rng.random()),
+                )
+            )
         gts.append(frame_gt)
         dets.append(frame_det)
     return gts, dets
@@ -350,8 +422,10 @@ def test_equals_the_devkit_transcription_on_random_scenes(seed, num_frames):
 def kitti_meta(tmp_path):
     label_dir = tmp_path / "label_2"
     label_dir.mkdir()
-    lines = [f"Car 0.00 0 0.00 {100 * i:.2f} 100.00 {100 * i + 80:.2f} 150.00 1.5 1.6 3.9 0 1 10 0"
-             for i in range(5)]
+    lines = [
+        f"Car 0.00 0 0.00 {100 * i:.2f} 100.00 {100 * i + 80:.2f} 150.00 1.5 1.6 3.9 0 1 10 0"
+        for i in range(5)
+    ]
     lines.append("Pedestrian 0.00 0 0.00 600.00 100.00 640.00 200.00 1.8 0.6 0.8 1 1 8 0")
     lines.append("DontCare -1 -1 -10 700.00 100.00 900.00 200.00 -1 -1 -1 -1000 -1000 -1000 -10")
     (label_dir / "000007.txt").write_text("\n".join(lines) + "\n")
@@ -369,12 +443,19 @@ def outputs(boxes, classes, scores):
 
 
 def test_the_evaluator_scores_model_outputs_and_writes_devkit_files(kitti_meta, tmp_path):
-    evaluator = PrefixedEvaluator(KittiEvaluator(kitti_meta, output_dir=str(tmp_path / "out")), "kitti")
+    evaluator = PrefixedEvaluator(
+        KittiEvaluator(kitti_meta, output_dir=str(tmp_path / "out")), "kitti"
+    )
     evaluator.reset()
     car, ped = KITTI_CLASSES.index("Car"), KITTI_CLASSES.index("Pedestrian")
-    boxes = [[100 * i, 100, 100 * i + 80, 150] for i in range(5)] + [[600, 100, 640, 200], [750, 120, 800, 180]]
-    evaluator.process([{"file_name": "/data/kitti/training/image_2/000007.png"}],
-                      outputs(boxes, [car] * 5 + [ped, car], [0.9, 0.8, 0.7, 0.6, 0.5, 0.9, 0.95]))
+    boxes = [[100 * i, 100, 100 * i + 80, 150] for i in range(5)] + [
+        [600, 100, 640, 200],
+        [750, 120, 800, 180],
+    ]
+    evaluator.process(
+        [{"file_name": "/data/kitti/training/image_2/000007.png"}],
+        outputs(boxes, [car] * 5 + [ped, car], [0.9, 0.8, 0.7, 0.6, 0.5, 0.9, 0.95]),
+    )
     results = evaluator.evaluate()["kitti/bbox"]
     # 5 cars found, the extra car detection lies in the DontCare region: (5 - 1) / 40.
     assert results["AP_moderate-Car"] == pytest.approx(100 * 4 / 40)
@@ -390,10 +471,14 @@ def test_the_evaluator_scores_model_outputs_and_writes_devkit_files(kitti_meta, 
 
 def test_the_evaluator_needs_kitti_metadata_and_known_thresholds(kitti_meta):
     MetadataCatalog.get("test_kitti_no_labels").set(thing_classes=["Car"])
-    with pytest.raises(ConfigError, match="has no label_dir in its metadata; register it with "
-                                          "d2_finetune.data.register_kitti"):
+    with pytest.raises(
+        ConfigError,
+        match="has no label_dir in its metadata; register it with d2_finetune.data.register_kitti",
+    ):
         KittiEvaluator("test_kitti_no_labels")
     with pytest.raises(ConfigError, match=r"no IoU threshold for \['Van'\]"):
         KittiEvaluator(kitti_meta, classes=["Car", "Van"])
-    evaluator = KittiEvaluator(kitti_meta, classes=["Car", "Van"], min_overlaps={"Car": 0.7, "Van": 0.7})
+    evaluator = KittiEvaluator(
+        kitti_meta, classes=["Car", "Van"], min_overlaps={"Car": 0.7, "Van": 0.7}
+    )
     assert evaluator.evaluate() == {}

@@ -30,8 +30,11 @@ def test_two_evaluators_of_the_same_task_combine_under_their_prefixes():
     both = DatasetEvaluators([PrefixedEvaluator(voc, "voc"), PrefixedEvaluator(coco, "coco")])
     both.reset()
     both.process([{"image_id": 1}, {"image_id": 2}], [{}, {}])
-    assert both.evaluate() == {"voc/bbox": {"AP50": 2.0}, "coco/bbox": {"AP": 4.0},
-                               "coco/segm": {"AP": 1.0}}
+    assert both.evaluate() == {
+        "voc/bbox": {"AP50": 2.0},
+        "coco/bbox": {"AP": 4.0},
+        "coco/segm": {"AP": 1.0},
+    }
 
 
 def test_no_results_stay_empty():

@@ -18,8 +18,11 @@ def test_calibrated_frozen_bn_normalises_its_inputs():
     )
     outputs = []
     # clone: detectron2 applies ReLU in place on the normalised output
-    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.clone()))
-             for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o.clone()))
+        for m in model.modules()
+        if isinstance(m, FrozenBatchNorm2d)
+    ]
     with torch.no_grad():
         model.backbone(model.preprocess_image(batch).tensor)
     for h in hooks:

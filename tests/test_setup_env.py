@@ -1,4 +1,5 @@
 """scripts/setup_env.py re-tags the CPython-3.10 detectron2 wheel for any Python 3."""
+
 import base64
 import hashlib
 import importlib.util
@@ -9,7 +10,9 @@ from conftest import REPO
 
 
 def load_setup_env():
-    spec = importlib.util.spec_from_file_location("setup_env", os.path.join(REPO, "scripts", "setup_env.py"))
+    spec = importlib.util.spec_from_file_location(
+        "setup_env", os.path.join(REPO, "scripts", "setup_env.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -21,8 +24,10 @@ def test_retag_wheel_rewrites_name_tag_and_record(tmp_path):
     with zipfile.ZipFile(src, "w") as z:
         z.writestr("pkg/__init__.py", "x = 1\n")
         z.writestr("pkg-1.0.dist-info/WHEEL", wheel_text)
-        z.writestr("pkg-1.0.dist-info/RECORD",
-                   "pkg/__init__.py,,\npkg-1.0.dist-info/WHEEL,sha256=old,10\npkg-1.0.dist-info/RECORD,,\n")
+        z.writestr(
+            "pkg-1.0.dist-info/RECORD",
+            "pkg/__init__.py,,\npkg-1.0.dist-info/WHEEL,sha256=old,10\npkg-1.0.dist-info/RECORD,,\n",
+        )
     out = load_setup_env().retag_wheel(str(src), str(tmp_path))
     assert os.path.basename(out) == "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(out) as z:

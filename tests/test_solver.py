@@ -13,12 +13,24 @@ def lr_curves(max_iter, steps, warmup_iters, warmup_factor=0.001, gamma=0.1, met
     stock = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
     ours_sched = LRMultiplier(
         ours,
-        warmup_multistep(max_iter=max_iter, steps=steps, gamma=gamma, warmup_iters=warmup_iters,
-                         warmup_factor=warmup_factor, warmup_method=method),
+        warmup_multistep(
+            max_iter=max_iter,
+            steps=steps,
+            gamma=gamma,
+            warmup_iters=warmup_iters,
+            warmup_factor=warmup_factor,
+            warmup_method=method,
+        ),
         max_iter,
     )
-    stock_sched = WarmupMultiStepLR(stock, milestones=steps, gamma=gamma, warmup_factor=warmup_factor,
-                                    warmup_iters=warmup_iters, warmup_method=method)
+    stock_sched = WarmupMultiStepLR(
+        stock,
+        milestones=steps,
+        gamma=gamma,
+        warmup_factor=warmup_factor,
+        warmup_iters=warmup_iters,
+        warmup_method=method,
+    )
     a, b = [], []
     for _ in range(max_iter):
         a.append(ours.param_groups[0]["lr"])
@@ -57,9 +69,15 @@ def test_no_warmup():
         (dict(max_iter=-5, steps=[]), r"train\.max_iter must be a positive integer, got -5"),
         (dict(max_iter=100, steps=[100]), r"steps \[100\] reach beyond train\.max_iter=100"),
         (dict(max_iter=100, steps=[60, 50]), r"steps must be increasing positive iterations"),
-        (dict(max_iter=100, steps=[50], warmup_iters=101), r"warmup_iters must be in \[0, train\.max_iter=100\]"),
+        (
+            dict(max_iter=100, steps=[50], warmup_iters=101),
+            r"warmup_iters must be in \[0, train\.max_iter=100\]",
+        ),
         (dict(max_iter=100, steps=[50], warmup_factor=0), r"warmup_factor must be in \(0, 1\]"),
-        (dict(max_iter=100, steps=[50], warmup_method="cosine"), r"warmup_method must be 'linear' or 'constant'"),
+        (
+            dict(max_iter=100, steps=[50], warmup_method="cosine"),
+            r"warmup_method must be 'linear' or 'constant'",
+        ),
     ],
 )
 def test_bad_schedules_are_refused(kwargs, message):
@@ -92,8 +110,12 @@ def test_epochs_reproduce_the_tutorials_iterations():
 def test_epochs_round_up_partial_batches_and_follow_the_batch():
     from d2_finetune.solver import resolve_schedule
 
-    cfg = schedule_cfg("train.epochs=2", "train.repeat=1", "train.step_epochs=[1]",
-                       "dataloader.train.total_batch_size=16")
+    cfg = schedule_cfg(
+        "train.epochs=2",
+        "train.repeat=1",
+        "train.step_epochs=[1]",
+        "dataloader.train.total_batch_size=16",
+    )
     resolve_schedule(cfg, dataset_size=100, world_size=4)
     assert cfg.train.max_iter == 2 * 7  # ceil(100 / 16) = 7 iterations per epoch
     assert list(cfg.lr_multiplier.steps) == [7]
@@ -119,12 +141,23 @@ def test_linear_lr_scaling_from_a_reference_batch():
 @pytest.mark.parametrize(
     "overrides, size, message",
     [
-        (["train.step_epochs=[8]"], 10, r"step_epochs \[8\] must lie strictly between 0 and train\.epochs=8"),
+        (
+            ["train.step_epochs=[8]"],
+            10,
+            r"step_epochs \[8\] must lie strictly between 0 and train\.epochs=8",
+        ),
         (["train.repeat=0"], 10, r"train\.repeat must be an integer >= 1"),
-        ([], 0, r"A schedule in epochs \(train\.epochs, or a period such as "
-                r"train\.eval_period='1 epoch'\) needs a non-empty training dataset"),
-        (["train.epochs=null", "train.max_iter=100"], None,
-         r"A schedule in epochs .*needs a non-empty training dataset"),  # eval_period="1 epoch"
+        (
+            [],
+            0,
+            r"A schedule in epochs \(train\.epochs, or a period such as "
+            r"train\.eval_period='1 epoch'\) needs a non-empty training dataset",
+        ),
+        (
+            ["train.epochs=null", "train.max_iter=100"],
+            None,
+            r"A schedule in epochs .*needs a non-empty training dataset",
+        ),  # eval_period="1 epoch"
     ],
 )
 def test_bad_epoch_schedules_are_refused(overrides, size, message):

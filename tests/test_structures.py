@@ -15,8 +15,13 @@ def random_masks(rng, n, height, width):
         im = Image.new("L", (width, height), 0)
         w, h = rng.uniform(3, width * 0.6), rng.uniform(3, height * 0.6)
         # Centres anywhere, so masks also touch and cross the image edges.
-        poly = shape_polygon(["ellipse", "rect", "triangle"][i % 3], rng.uniform(0, width),
-                              rng.uniform(0, height), w, h)
+        poly = shape_polygon(
+            ["ellipse", "rect", "triangle"][i % 3],
+            rng.uniform(0, width),
+            rng.uniform(0, height),
+            w,
+            h,
+        )
         ImageDraw.Draw(im).polygon([tuple(p) for p in poly], fill=1)
         masks[i] = np.asarray(im) > 0
     masks[-1] = False  # an empty mask too
@@ -63,8 +68,10 @@ def test_round_trip_indexing_boxes_and_emptiness():
     sub = cropped[torch.tensor([4, 0, 0])]
     assert len(sub) == 3
     assert torch.equal(sub.to_bitmaps(), torch.from_numpy(masks[[4, 0, 0]]))
-    assert torch.equal(cropped[torch.tensor([True, False, True, False, False, False])].to_bitmaps(),
-                       torch.from_numpy(masks[[0, 2]]))
+    assert torch.equal(
+        cropped[torch.tensor([True, False, True, False, False, False])].to_bitmaps(),
+        torch.from_numpy(masks[[0, 2]]),
+    )
     assert len(cropped[2]) == 1 and len(cropped[1:3]) == 2
     # Crops are stored once, however often they are indexed.
     assert sub.data is cropped.data

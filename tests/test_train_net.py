@@ -1,4 +1,5 @@
 """scripts/train_net.py as users run it: a subprocess with a config file and overrides."""
+
 import os
 import subprocess
 import sys
@@ -18,9 +19,15 @@ def run(args, check=True, timeout=300):
 @pytest.fixture(scope="module")
 def trained(cityscapes_root, tiny_init, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cli") / "run")
-    overrides = tiny_overrides(cityscapes_root, out, **{
-        "train.init_checkpoint": tiny_init, "train.max_iter": 2, "lr_multiplier.steps": [1],
-    })
+    overrides = tiny_overrides(
+        cityscapes_root,
+        out,
+        **{
+            "train.init_checkpoint": tiny_init,
+            "train.max_iter": 2,
+            "lr_multiplier.steps": [1],
+        },
+    )
     proc = run(["--config-file", DEMO_CONFIG, *overrides])
     return out, overrides, proc
 
@@ -50,8 +57,16 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 
 def test_eval_only_reports_cityscapes_ap(trained, tmp_path):
     out, overrides, _ = trained
-    proc = run(["--config-file", DEMO_CONFIG, "--eval-only", *overrides,
-                f"train.init_checkpoint={out}/model_final.pth", f"train.output_dir={tmp_path}"])
+    proc = run(
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            "--eval-only",
+            *overrides,
+            f"train.init_checkpoint={out}/model_final.pth",
+            f"train.output_dir={tmp_path}",
+        ]
+    )
     log = proc.stdout + proc.stderr
     for task in ("cityscapes", "coco/bbox", "coco/segm"):
         assert f"copypaste: Task: {task}" in log
@@ -72,18 +87,37 @@ def test_debug_shows_the_traceback():
     assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(cityscapes_root, tiny_init, tmp_path):
+def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(
+    cityscapes_root, tiny_init, tmp_path
+):
     import torch
 
     out = str(tmp_path / "nan")
-    overrides = tiny_overrides(cityscapes_root, out, **{
-        "train.init_checkpoint": tiny_init, "train.max_iter": 2, "lr_multiplier.steps": [1],
-        "train.checkpointer.period": 1, "train.eval_after_train": False,
-    })
+    overrides = tiny_overrides(
+        cityscapes_root,
+        out,
+        **{
+            "train.init_checkpoint": tiny_init,
+            "train.max_iter": 2,
+            "lr_multiplier.steps": [1],
+            "train.checkpointer.period": 1,
+            "train.eval_after_train": False,
+        },
+    )
     run(["--config-file", DEMO_CONFIG, *overrides])
     good = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
-    proc = run(["--config-file", DEMO_CONFIG, "--resume", *overrides, "train.max_iter=12",
-                "lr_multiplier.steps=[11]", "optimizer.lr=1e12"], check=False)
+    proc = run(
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            "--resume",
+            *overrides,
+            "train.max_iter=12",
+            "lr_multiplier.steps=[11]",
+            "optimizer.lr=1e12",
+        ],
+        check=False,
+    )
     last = assert_one_error_line(proc, r"^ERROR: Training diverged at iteration \d+ ")
     assert "NaN/Inf" in last and "loss" in last
     assert "Lower optimizer.lr" in last and "--resume" in last
@@ -97,8 +131,9 @@ def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(cit
 
 
 def start(args, log_file):
-    return subprocess.Popen([sys.executable, TRAIN_NET, *args], stdout=log_file,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, TRAIN_NET, *args], stdout=log_file, stderr=subprocess.STDOUT
+    )
 
 
 def kill_when(proc, condition, timeout=300):
@@ -125,10 +160,17 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
     import torch
 
     def overrides(out):
-        return tiny_overrides(cityscapes_root, out, **{
-            "train.init_checkpoint": tiny_init, "train.max_iter": 8, "lr_multiplier.steps": [6],
-            "train.checkpointer.period": 1, "train.eval_after_train": False,
-        })
+        return tiny_overrides(
+            cityscapes_root,
+            out,
+            **{
+                "train.init_checkpoint": tiny_init,
+                "train.max_iter": 8,
+                "lr_multiplier.steps": [6],
+                "train.checkpointer.period": 1,
+                "train.eval_after_train": False,
+            },
+        )
 
     straight = str(tmp_path / "straight")
     run(["--config-file", DEMO_CONFIG, *overrides(straight)])
@@ -180,13 +222,43 @@ def test_eval_only_and_predict_write_only_inside_their_output_dirs(trained, tmp_
     evaluation, pictures = tmp_path / "eval_out", tmp_path / "pred_out"
     weights = f"train.init_checkpoint={out}/model_final.pth"
     before = snapshot(cwd) | snapshot(tmp) | snapshot(out)
-    subprocess.run([sys.executable, TRAIN_NET, "--config-file", DEMO_CONFIG, "--eval-only", *overrides,
-                    weights, f"train.output_dir={evaluation}"], cwd=cwd, env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            TRAIN_NET,
+            "--config-file",
+            DEMO_CONFIG,
+            "--eval-only",
+            *overrides,
+            weights,
+            f"train.output_dir={evaluation}",
+        ],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     images = os.path.join(overrides[0].split("=", 1)[1], "cityscapes", "leftImg8bit", "val")
-    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "predict.py"), "--config-file",
-                    DEMO_CONFIG, "--input", images, "--output", str(pictures), *overrides, weights],
-                   cwd=cwd, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "predict.py"),
+            "--config-file",
+            DEMO_CONFIG,
+            "--input",
+            images,
+            "--output",
+            str(pictures),
+            *overrides,
+            weights,
+        ],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert snapshot(cwd) | snapshot(tmp) | snapshot(out) == before
     assert (evaluation / "inference" / "cityscapes_instance_results.json").is_file()
     assert (evaluation / "inference_weights.json").is_file()
@@ -205,10 +277,14 @@ def test_a_corrupt_image_met_in_training_is_one_error_line(cityscapes_root, tiny
     shutil.copytree(cityscapes_root, root)
     for image in sorted((root / "cityscapes" / "leftImg8bit" / "train").rglob("*.png"))[:2]:
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
-    overrides = tiny_overrides(str(root), str(tmp_path / "run"), **{"train.init_checkpoint": tiny_init})
+    overrides = tiny_overrides(
+        str(root), str(tmp_path / "run"), **{"train.init_checkpoint": tiny_init}
+    )
     proc = run(["--config-file", DEMO_CONFIG, *overrides], check=False)
     assert "Starting training from iteration 0" in proc.stdout
-    assert_one_error_line(proc, r"^ERROR: Cannot use image .*_leftImg8bit\.png: OpenCV cannot decode it")
+    assert_one_error_line(
+        proc, r"^ERROR: Cannot use image .*_leftImg8bit\.png: OpenCV cannot decode it"
+    )
     with open(tmp_path / "run" / "log.txt") as f:
         assert "ERROR: Cannot use image " in f.read()  # the log keeps the error too
 
@@ -241,14 +317,21 @@ def test_a_mask_that_does_not_fit_its_image_is_one_error_line(tmp_path):
         f"dataloader.register.0.image_root={splits['train'][1]}",
         f"dataloader.register.1.json_file={splits['val'][0]}",
         f"dataloader.register.1.image_root={splits['val'][1]}",
-        f"train.output_dir={tmp_path / 'run'}", "train.init_checkpoint=''", "train.device=cpu",
-        "train.max_iter=2", "lr_multiplier.steps=[1]", "lr_multiplier.warmup_iters=1",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.init_checkpoint=''",
+        "train.device=cpu",
+        "train.max_iter=2",
+        "lr_multiplier.steps=[1]",
+        "lr_multiplier.warmup_iters=1",
         "dataloader.train.num_workers=0",
     ]
     proc = run(["--config-file", standin, *overrides], check=False)
     assert "Starting training from iteration 0" in proc.stdout
-    assert_one_error_line(proc, r"^ERROR: Cannot use the masks of .*000000000000\.jpg: its RLE runs "
-                                r"cover \d+ pixels, not the 64x129 of its size")
+    assert_one_error_line(
+        proc,
+        r"^ERROR: Cannot use the masks of .*000000000000\.jpg: its RLE runs "
+        r"cover \d+ pixels, not the 64x129 of its size",
+    )
 
 
 def test_an_unreadable_best_record_on_resume_is_one_error_line(trained, tmp_path):
@@ -259,10 +342,23 @@ def test_an_unreadable_best_record_on_resume_is_one_error_line(trained, tmp_path
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     (copy / "model_best.json").write_text('{"metric": "cityscapes/AP", "val')
-    proc = run(["--config-file", DEMO_CONFIG, "--resume", *overrides, f"train.output_dir={copy}",
-                "train.max_iter=4", "lr_multiplier.steps=[3]"], check=False)
-    assert_one_error_line(proc, rf"^ERROR: Cannot read the best-checkpoint record {copy}/model_best\.json "
-                                r"\(JSONDecodeError: .*\)\. Restore it, or delete it")
+    proc = run(
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            "--resume",
+            *overrides,
+            f"train.output_dir={copy}",
+            "train.max_iter=4",
+            "lr_multiplier.steps=[3]",
+        ],
+        check=False,
+    )
+    assert_one_error_line(
+        proc,
+        rf"^ERROR: Cannot read the best-checkpoint record {copy}/model_best\.json "
+        r"\(JSONDecodeError: .*\)\. Restore it, or delete it",
+    )
 
 
 def test_a_training_set_without_usable_images_is_one_error_line(tiny_init, tmp_path):
@@ -271,10 +367,19 @@ def test_a_training_set_without_usable_images_is_one_error_line(tiny_init, tmp_p
     from d2_finetune.demo.synthetic import make_cityscapes
 
     root = str(tmp_path / "data")
-    make_cityscapes(root, {"train": 2, "val": 1}, size=(256, 128), seed=0, objects_per_image=(0, 0),
-                    group_prob=0.5)
+    make_cityscapes(
+        root,
+        {"train": 2, "val": 1},
+        size=(256, 128),
+        seed=0,
+        objects_per_image=(0, 0),
+        group_prob=0.5,
+    )
     overrides = tiny_overrides(root, str(tmp_path / "run"), **{"train.init_checkpoint": tiny_init})
     proc = run(["--config-file", DEMO_CONFIG, *overrides], check=False)
-    assert_one_error_line(proc, r"^ERROR: The training dataset cityscapes_ft_instance_train has no images "
-                                r"left after filtering: .*Check its annotations, or set "
-                                r"dataloader\.train\.dataset\.filter_empty=False\.$")
+    assert_one_error_line(
+        proc,
+        r"^ERROR: The training dataset cityscapes_ft_instance_train has no images "
+        r"left after filtering: .*Check its annotations, or set "
+        r"dataloader\.train\.dataset\.filter_empty=False\.$",
+    )

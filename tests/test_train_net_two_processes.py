@@ -5,6 +5,7 @@ the best checkpoint, early stopping, validation loss, plots, the NaN stop, kill 
 Each run is bounded in time (a process waiting on a collective fails the test); where a
 two-process result must equal the one-process one, the test asserts equality.
 """
+
 import glob
 import json
 import os
@@ -49,12 +50,21 @@ def best_run(cityscapes_root, tiny_init, tmp_path_factory):
     """Two processes, 4 iterations, evaluating and measuring the validation loss after each and
     keeping the checkpoint of the lowest validation loss."""
     out = str(tmp_path_factory.mktemp("two_best") / "run")
-    overrides = tiny_overrides(cityscapes_root, out, **{
-        "train.init_checkpoint": tiny_init, "train.eval_period": 1, "train.checkpointer.period": 1,
-        "train.checkpointer.max_to_keep": 10, "train.val_loss_period": 1, "train.val_loss_images": 3,
-        "train.best_metric.name": "val_total_loss", "train.best_metric.mode": "min",
-        "dataloader.test.batch_size": 1,
-    })
+    overrides = tiny_overrides(
+        cityscapes_root,
+        out,
+        **{
+            "train.init_checkpoint": tiny_init,
+            "train.eval_period": 1,
+            "train.checkpointer.period": 1,
+            "train.checkpointer.max_to_keep": 10,
+            "train.val_loss_period": 1,
+            "train.val_loss_images": 3,
+            "train.best_metric.name": "val_total_loss",
+            "train.best_metric.mode": "min",
+            "dataloader.test.batch_size": 1,
+        },
+    )
     proc = run(two(overrides))
     return out, overrides, proc
 
@@ -104,9 +114,13 @@ def test_evaluation_equals_one_process_evaluation_of_the_same_weights(best_run, 
 
     out, _, _ = best_run
     single_out = os.path.join(os.path.dirname(out), "single_eval")
-    cfg = tiny_cfg(output_dir=single_out,
-                   **{"train.init_checkpoint": os.path.join(out, "model_final.pth"),
-                      "dataloader.test.batch_size": 1})
+    cfg = tiny_cfg(
+        output_dir=single_out,
+        **{
+            "train.init_checkpoint": os.path.join(out, "model_final.pth"),
+            "dataloader.test.batch_size": 1,
+        },
+    )
     results = evaluate(cfg, load_for_inference(cfg))
     names = ("coco_instances_results.json", "cityscapes_instance_results.json")
     for name in names:
@@ -126,8 +140,11 @@ def test_plots_cover_every_logged_iteration(best_run):
     from d2_finetune.engine.hooks import plot_metrics
 
     out, _, _ = best_run
-    drawn = plot_metrics(os.path.join(out, "metrics.json"), os.path.join(out, "replot"),
-                         ["cityscapes/AP", "coco/segm/AP"])
+    drawn = plot_metrics(
+        os.path.join(out, "metrics.json"),
+        os.path.join(out, "replot"),
+        ["cityscapes/AP", "coco/segm/AP"],
+    )
     assert set(drawn) == {"losses.png", "lr.png", "metrics.png"}
     assert set(drawn["metrics.png"]) == {"cityscapes/AP", "coco/segm/AP"}
     assert drawn["losses.png"]["total_loss"][0] == [0, 1, 2, 3]
@@ -140,27 +157,41 @@ def test_plots_cover_every_logged_iteration(best_run):
         assert os.path.getsize(os.path.join(out, "plots", name)) > 5000
 
 
-def test_early_stopping_stops_both_processes_where_one_process_stops(cityscapes_root, tiny_init,
-                                                                     tmp_path):
+def test_early_stopping_stops_both_processes_where_one_process_stops(
+    cityscapes_root, tiny_init, tmp_path
+):
     """With a learning rate too small to change a weight, every evaluation gives the same AP:
     patience 1 stops training at iteration 1, in one process and in two."""
     ends = {}
     for processes in (1, 2):
         out = str(tmp_path / f"p{processes}")
-        overrides = tiny_overrides(cityscapes_root, out, **{
-            "train.init_checkpoint": tiny_init, "train.eval_period": 1, "train.patience": 1,
-            "train.max_iter": 8, "lr_multiplier.steps": [7], "optimizer.lr": 1e-20,
-            "train.checkpointer.period": 100,
-        })
+        overrides = tiny_overrides(
+            cityscapes_root,
+            out,
+            **{
+                "train.init_checkpoint": tiny_init,
+                "train.eval_period": 1,
+                "train.patience": 1,
+                "train.max_iter": 8,
+                "lr_multiplier.steps": [7],
+                "optimizer.lr": 1e-20,
+                "train.checkpointer.period": 100,
+            },
+        )
         proc = run(["--config-file", DEMO_CONFIG, "--num-gpus", str(processes), *overrides])
         message = next(line for line in proc.stdout.splitlines() if "Early stopping" in line)
         message = message.split("]: ", 1)[1]
-        assert message.startswith("Early stopping at iteration 1: cityscapes/AP has not improved "
-                                  "for 1 evaluations (patience 1); the best ")
+        assert message.startswith(
+            "Early stopping at iteration 1: cityscapes/AP has not improved "
+            "for 1 evaluations (patience 1); the best "
+        )
         if processes == 2:
             assert message in rank1_log(out)  # the second process left the loop there too
         with open(os.path.join(out, "model_best.json")) as f:
-            ends[processes] = (json.load(f), weights(os.path.join(out, "model_final.pth"))["iteration"])
+            ends[processes] = (
+                json.load(f),
+                weights(os.path.join(out, "model_final.pth"))["iteration"],
+            )
     assert ends[1] == ends[2]
     assert ends[2][0]["iteration"] == 0 and ends[2][0]["evals_without_improvement"] == 1
     assert ends[2][1] == 1
@@ -170,9 +201,20 @@ def test_a_diverging_run_stops_both_processes_with_one_error_line(best_run, tmp_
     out, overrides, _ = best_run
     copy = str(tmp_path / "run")
     shutil.copytree(out, copy)
-    proc = run(two(overrides + [f"train.output_dir={copy}", "train.max_iter=12",
-                                "lr_multiplier.steps=[11]", "optimizer.lr=1e12",
-                                "train.eval_period=0", "train.val_loss_period=0"]), check=False)
+    proc = run(
+        two(
+            overrides
+            + [
+                f"train.output_dir={copy}",
+                "train.max_iter=12",
+                "lr_multiplier.steps=[11]",
+                "optimizer.lr=1e12",
+                "train.eval_period=0",
+                "train.val_loss_period=0",
+            ]
+        ),
+        check=False,
+    )
     line = assert_one_error_line(proc, r"^ERROR: Training diverged at iteration (\d+) ")
     iteration = line.split("iteration ", 1)[1].split(" ", 1)[0]
     assert f"Training diverged at iteration {iteration} " in rank1_log(copy)
@@ -191,14 +233,24 @@ def test_bad_input_met_by_both_processes_is_one_error_line(best_run, cityscapes_
     shutil.copytree(cityscapes_root, root)
     for image in (root / "cityscapes" / "leftImg8bit" / "train").rglob("*.png"):
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
-    proc = run(two(overrides + [f"dataloader.register.root={root}",
-                                f"train.output_dir={tmp_path / 'run'}"]), check=False)
-    assert_one_error_line(proc, r"^ERROR: Cannot use image .*_leftImg8bit\.png: OpenCV cannot decode it")
+    proc = run(
+        two(
+            overrides + [f"dataloader.register.root={root}", f"train.output_dir={tmp_path / 'run'}"]
+        ),
+        check=False,
+    )
+    assert_one_error_line(
+        proc, r"^ERROR: Cannot use image .*_leftImg8bit\.png: OpenCV cannot decode it"
+    )
 
 
 def start(args, log):
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "train_net.py"), *args],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "train_net.py"), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kill_group_when(proc, condition):
@@ -216,24 +268,38 @@ def kill_group_when(proc, condition):
     return False
 
 
-def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(cityscapes_root, tiny_init,
-                                                                     tmp_path):
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    cityscapes_root, tiny_init, tmp_path
+):
     """Two processes, the default random seed (train.seed=-1): killed with SIGKILL while writing
     a checkpoint, then --resume, the run ends with the weights of an uninterrupted run from the
     same start -- the same data order (the sampler's seed) and the same random streams of both
     processes, restored from the checkpoint."""
+
     def overrides(out):
-        return tiny_overrides(cityscapes_root, out, **{
-            "train.init_checkpoint": tiny_init, "train.seed": -1, "train.max_iter": 4,
-            "lr_multiplier.steps": [3], "train.checkpointer.period": 1,
-            "train.checkpointer.max_to_keep": 20, "train.eval_after_train": False,
-        })
+        return tiny_overrides(
+            cityscapes_root,
+            out,
+            **{
+                "train.init_checkpoint": tiny_init,
+                "train.seed": -1,
+                "train.max_iter": 4,
+                "lr_multiplier.steps": [3],
+                "train.checkpointer.period": 1,
+                "train.checkpointer.max_to_keep": 20,
+                "train.eval_after_train": False,
+            },
+        )
 
     out = str(tmp_path / "killed")
+
+    def writing_after_1():
+        return os.path.isfile(os.path.join(out, "model_0000001.pth")) and glob.glob(
+            os.path.join(out, "*.pth.*.tmp")
+        )
+
     with open(tmp_path / "log.txt", "w") as log:
         proc = start(two(overrides(out)), log)
-        writing_after_1 = lambda: (os.path.isfile(os.path.join(out, "model_0000001.pth"))  # noqa: E731
-                                   and glob.glob(os.path.join(out, "*.pth.*.tmp")))
         assert kill_group_when(proc, writing_after_1), "the run ended before it could be killed"
     with open(tmp_path / "log.txt") as f:
         seed = f.read().split("Data order: sampler seed ", 1)[1].split()[0]
@@ -249,8 +315,9 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(cityscapes_
     assert f"Continuing the data order of sampler seed {seed} " in straight.stdout
     assert "Starting training from iteration 1" in straight.stdout
 
-    final, expected = (weights(os.path.join(folder, "model_final.pth"))
-                       for folder in (out, str(reference)))
+    final, expected = (
+        weights(os.path.join(folder, "model_final.pth")) for folder in (out, str(reference))
+    )
     assert final["iteration"] == expected["iteration"] == 3
     for key, value in expected["model"].items():
         assert torch.equal(final["model"][key], value), key

@@ -15,6 +15,7 @@ recorded and safe.
 * returns what it did as a report, logs it as a table and saves it as ``transfer.json``
   (:mod:`.report`).
 """
+
 from .checkpointer import FinetuneCheckpointer
 from .classes import coco_thing_classes, match_classes, normalize_class_name
 from .files import read_checkpoint

@@ -4,6 +4,7 @@ A load reads the file (:mod:`.files`), plans each tensor's fate (:mod:`.plan`), 
 (raising before the model is touched), applies it and records it (:mod:`.report`). Saving is
 atomic and keeps the class names.
 """
+
 import json
 import logging
 import os
@@ -19,7 +20,14 @@ from ..fileio import PARTIAL_SUFFIX, atomic_write
 from .classes import check_class_map
 from .files import local_checkpoint_file, read_checkpoint, sha256
 from .plan import CLASS_NAMES_KEY, make_plan
-from .report import PROBLEM_TITLES, describe_item, describe_problems, fresh_tensors, make_report, report_table
+from .report import (
+    PROBLEM_TITLES,
+    describe_item,
+    describe_problems,
+    fresh_tensors,
+    make_report,
+    report_table,
+)
 
 __all__ = ["FinetuneCheckpointer"]
 
@@ -38,8 +46,9 @@ class FinetuneCheckpointer(DetectionCheckpointer):
     ``strict=False`` it is logged and the tensors that fit are loaded.
 
     With a ``class_map`` (see :func:`.classes.match_classes`; ``class_synonyms`` come from the
-    training dataset's metadata), each target class matched to a source class gets that class's rows of the class-dependent layers (``cls_score`` row, its box_dim
-    ``bbox_pred`` rows, its mask channel) and the background row is carried over; unmatched
+    training dataset's metadata), each target class matched to a source class gets that class's
+    rows of the class-dependent layers (``cls_score`` row, its box_dim ``bbox_pred`` rows, its
+    mask channel) and the background row is carried over; unmatched
     classes keep their fresh initialisation. A class-agnostic layer of the checkpoint gives
     its rows to every matched class; a class-agnostic layer of the model loads only from a
     class-agnostic one. Source class names come from the checkpoint's ``thing_classes`` entry,
@@ -53,8 +62,18 @@ class FinetuneCheckpointer(DetectionCheckpointer):
     Checkpoints saved by this checkpointer carry ``target_classes`` as ``thing_classes``.
     """
 
-    def __init__(self, model, save_dir="", *, target_classes=None, class_map="auto",
-                 class_synonyms=None, strict=True, record_name="transfer.json", **checkpointables):
+    def __init__(
+        self,
+        model,
+        save_dir="",
+        *,
+        target_classes=None,
+        class_map="auto",
+        class_synonyms=None,
+        strict=True,
+        record_name="transfer.json",
+        **checkpointables,
+    ):
         super().__init__(model, save_dir, **checkpointables)
         self.record_name = record_name
         self.target_classes = list(target_classes) if target_classes is not None else None
@@ -94,8 +113,10 @@ class FinetuneCheckpointer(DetectionCheckpointer):
             self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
-                      lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
+        )
 
     def remove_partial_files(self):
         """Delete what an interrupted save left behind (``*.pth.tmp``)."""
@@ -149,16 +170,29 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         _strip_prefix_if_present(state, "module.")
         if checkpoint.pop("matching_heuristics", False):
             state = align_and_update_state_dicts(
-                self.model.state_dict(), state,
+                self.model.state_dict(),
+                state,
                 c2_conversion=checkpoint.get("__author__") == "Caffe2",
             )
         names = checkpoint.pop(CLASS_NAMES_KEY, None)
-        plan = make_plan(self.model, state, names, target_classes=self.target_classes,
-                         class_map=self.class_map, synonyms=self.class_synonyms,
-                         filename=self._file_info["local_path"])
-        report = make_report(plan, source=self._source, file_info=self._file_info,
-                             resumed=self._resuming, strict=self.strict,
-                             class_map=self.class_map, target_classes=self.target_classes)
+        plan = make_plan(
+            self.model,
+            state,
+            names,
+            target_classes=self.target_classes,
+            class_map=self.class_map,
+            synonyms=self.class_synonyms,
+            filename=self._file_info["local_path"],
+        )
+        report = make_report(
+            plan,
+            source=self._source,
+            file_info=self._file_info,
+            resumed=self._resuming,
+            strict=self.strict,
+            class_map=self.class_map,
+            target_classes=self.target_classes,
+        )
         self._check(plan, report)
         self._apply(report, state)
         self.report = report
@@ -204,6 +238,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         kept)."""
         if not differences:
             return
+
         def overrides(index):
             return [f"model.{d[0]}=[{','.join(f'{v:g}' for v in d[index])}]" for d in differences]
 

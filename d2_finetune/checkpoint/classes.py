@@ -5,6 +5,7 @@ synonym table maps a model class to a checkpoint class. The checkpointer knows n
 synonyms come from the training dataset's metadata (``class_synonyms``, set by its registration,
 e.g. Pascal VOC's ``aeroplane`` -> COCO's ``airplane``).
 """
+
 from collections.abc import Mapping
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
@@ -70,7 +71,8 @@ def match_classes(target_classes, source_classes, class_map="auto", synonyms=Non
         norm_target = [normalize_class_name(t) for t in target_classes]
         bad_targets = [t for t in class_map if normalize_class_name(t) not in norm_target]
         bad_sources = [
-            s for s in class_map.values()
+            s
+            for s in class_map.values()
             if s is not None and normalize_class_name(s) not in norm_source
         ]
         if bad_targets or bad_sources:
@@ -84,7 +86,8 @@ def match_classes(target_classes, source_classes, class_map="auto", synonyms=Non
                     f"{bad_sources} are not classes of the checkpoint {list(source_classes)}"
                 )
             raise ConfigError(
-                f"train.class_map={dict(class_map)}: " + "; ".join(problems)
+                f"train.class_map={dict(class_map)}: "
+                + "; ".join(problems)
                 + ". Map {target class: checkpoint class}, names as in those lists."
             )
         for target, source in class_map.items():
@@ -102,8 +105,9 @@ def check_class_map(class_map):
     if class_map == "auto":
         return class_map
     if isinstance(class_map, Mapping):
-        if all(isinstance(k, str) and (v is None or isinstance(v, str))
-               for k, v in class_map.items()):
+        if all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in class_map.items()
+        ):
             return dict(class_map)
     raise ConfigError(
         f"train.class_map must be 'auto', None or a dict {{target class: checkpoint class}}, "

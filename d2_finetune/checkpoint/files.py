@@ -4,6 +4,8 @@
 model-zoo ``.pkl``) through an unpickler that admits only numpy arrays, numbers, strings and
 containers. A refused or unreadable file is a :class:`CheckpointError` naming it.
 """
+
+import _compat_pickle
 import collections
 import hashlib
 import os
@@ -14,7 +16,6 @@ import zipfile
 from collections.abc import Mapping
 from urllib.parse import urlparse
 
-import _compat_pickle
 import numpy as np
 import torch
 
@@ -26,27 +27,39 @@ __all__ = ["local_checkpoint_file", "read_checkpoint", "sha256"]
 
 
 # (module, name) of everything a pickle of numpy arrays, numbers, strings and containers needs.
-_PICKLE_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"),  # ndarray (numpy < 2 names)
-    ("numpy._core.multiarray", "_reconstruct"),  # ndarray (numpy >= 2 names)
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),  # ndarray in pickle protocol 5
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
-    ("builtins", "bytearray"),
-    ("_codecs", "encode"),  # bytes in protocol <= 2 pickles written by Python 3
-})
+_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),  # ndarray (numpy < 2 names)
+        ("numpy._core.multiarray", "_reconstruct"),  # ndarray (numpy >= 2 names)
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # ndarray in pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "complex"),
+        ("builtins", "bytearray"),
+        ("_codecs", "encode"),  # bytes in protocol <= 2 pickles written by Python 3
+    }
+)
 
 # What a corrupt or foreign file makes the unpicklers raise.
 _UNREADABLE = (
-    pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-    AttributeError, OverflowError, RuntimeError, MemoryError, struct.error, zipfile.BadZipFile,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RuntimeError,
+    MemoryError,
+    struct.error,
+    zipfile.BadZipFile,
 )
 
 
@@ -123,7 +136,8 @@ def _is_weight(value):
 
 def _looks_like_state(obj):
     return (
-        isinstance(obj, Mapping) and len(obj) > 0
+        isinstance(obj, Mapping)
+        and len(obj) > 0
         and all(isinstance(k, str) and _is_weight(v) for k, v in obj.items())
     )
 
@@ -155,9 +169,7 @@ def read_checkpoint(filename):
     if "model" in obj:
         checkpoint, state = dict(obj), obj["model"]
         fmt = "detectron2 model-zoo pkl" if kind == "pickle" else "detectron2 pth"
-    elif kind == "pickle" and (
-        "blobs" in obj or (obj and not any("." in str(k) for k in obj))
-    ):
+    elif kind == "pickle" and ("blobs" in obj or (obj and not any("." in str(k) for k in obj))):
         # Caffe2 / Detectron1 names ("res2_0_branch2a_w"): detectron2 renames them by heuristics.
         state = obj.get("blobs", obj)
         state = {k: v for k, v in state.items() if not str(k).endswith("_momentum")}
@@ -168,8 +180,10 @@ def read_checkpoint(filename):
         fmt = "state dict"
     if not _looks_like_state(state):
         if not isinstance(state, Mapping) or not state:
-            what = "an empty 'model' entry" if isinstance(state, Mapping) else (
-                f"a 'model' entry of type {type(state).__name__}"
+            what = (
+                "an empty 'model' entry"
+                if isinstance(state, Mapping)
+                else (f"a 'model' entry of type {type(state).__name__}")
             )
         else:
             bad = next(k for k, v in state.items() if not (isinstance(k, str) and _is_weight(v)))
@@ -196,7 +210,7 @@ def sha256(filename):
 
 def _download_url(path):
     if path.startswith(Detectron2Handler.PREFIX):
-        return Detectron2Handler.S3_DETECTRON2_PREFIX + path[len(Detectron2Handler.PREFIX):]
+        return Detectron2Handler.S3_DETECTRON2_PREFIX + path[len(Detectron2Handler.PREFIX) :]
     return path
 
 

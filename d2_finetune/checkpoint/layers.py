@@ -1,4 +1,5 @@
 """Which layers of a model depend on its number of classes, and how their rows are laid out."""
+
 from dataclasses import dataclass
 
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead

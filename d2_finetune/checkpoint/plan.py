@@ -5,11 +5,18 @@ which class-dependent layers get rows transplanted (and which rows), which start
 checkpoint tensors are ignored, and what does not fit. The checkpointer then checks the plan,
 applies it and records it (:mod:`.report`).
 """
+
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, ConfigError
 from .classes import check_class_count, coco_thing_classes, match_classes
-from .layers import class_layers, generic_class_dependent, layer_of, model_num_classes, source_num_classes
+from .layers import (
+    class_layers,
+    generic_class_dependent,
+    layer_of,
+    model_num_classes,
+    source_num_classes,
+)
 
 __all__ = ["CLASS_NAMES_KEY", "TransferPlan", "make_plan"]
 
@@ -58,8 +65,14 @@ def make_plan(model, state, names, *, target_classes, class_map, synonyms, filen
         k_tgt = len(target_classes)
     source, source_from, k_src = _source_classes(state, names, layers, filename)
     mapping, note = _mapping(target_classes, source, k_tgt, k_src, class_map, synonyms)
-    plan = TransferPlan(num_classes=k_tgt, source_num_classes=k_src, source_classes=source,
-                        source_classes_from=source_from, mapping=mapping, mapping_note=note)
+    plan = TransferPlan(
+        num_classes=k_tgt,
+        source_num_classes=k_src,
+        source_classes=source,
+        source_classes_from=source_from,
+        mapping=mapping,
+        mapping_note=note,
+    )
 
     model_state = model.state_dict()
     for key, target_tensor in model_state.items():
@@ -71,8 +84,14 @@ def make_plan(model, state, names, *, target_classes, class_map, synonyms, filen
                 continue
             if layer is None:
                 plan.problems["missing"].append((key, shape))
-            plan.reinitialized.append({"key": key, "source_shape": None, "shape": list(shape),
-                                       "reason": "not in the checkpoint"})
+            plan.reinitialized.append(
+                {
+                    "key": key,
+                    "source_shape": None,
+                    "shape": list(shape),
+                    "reason": "not in the checkpoint",
+                }
+            )
             continue
         src_shape = tuple(state[key].shape)
         if layer is not None:
@@ -80,15 +99,25 @@ def make_plan(model, state, names, *, target_classes, class_map, synonyms, filen
         elif src_shape == shape:
             plan.loaded.append({"key": key, "shape": list(shape)})
         elif generic_class_dependent(key, src_shape, shape, k_src, k_tgt):
-            plan.reinitialized.append({"key": key, "source_shape": list(src_shape),
-                                       "shape": list(shape),
-                                       "reason": "class-dependent by shape; row layout unknown"})
+            plan.reinitialized.append(
+                {
+                    "key": key,
+                    "source_shape": list(src_shape),
+                    "shape": list(shape),
+                    "reason": "class-dependent by shape; row layout unknown",
+                }
+            )
         else:
             plan.problems["shape"].append((key, src_shape, shape))
     for key, tensor in state.items():
         if key not in model_state:
-            plan.ignored.append({"key": key, "source_shape": list(tensor.shape),
-                                 "reason": _ignored_reason(plan, model, key, tensor)})
+            plan.ignored.append(
+                {
+                    "key": key,
+                    "source_shape": list(tensor.shape),
+                    "reason": _ignored_reason(plan, model, key, tensor),
+                }
+            )
     return plan
 
 
@@ -161,7 +190,8 @@ def _mapping(target, source, k_tgt, k_src, class_map, synonyms):
             "or no training dataset gives the model's). Use train.class_map=auto or None."
         )
     unknown = (
-        "the model's class names are unknown" if target is None
+        "the model's class names are unknown"
+        if target is None
         else "the checkpoint names no classes and its head is not COCO's"
     )
     if k_src == k_tgt:
@@ -189,7 +219,8 @@ def _plan_class_layer(plan, key, layer, src_shape, shape):
         else:
             reason = (
                 "the model's layer is class-agnostic, the checkpoint's is not"
-                if layer.agnostic else "class transplant disabled"
+                if layer.agnostic
+                else "class transplant disabled"
             )
             plan.reinitialized.append(dict(entry, reason=reason))
         return

@@ -1,5 +1,6 @@
 """The record of a load: a report (``transfer.json``), its table for the log, and what in it
 was left at the model's fresh initialisation."""
+
 from tabulate import tabulate
 
 __all__ = ["describe_problems", "fresh_tensors", "make_report", "report_table"]
@@ -41,8 +42,11 @@ def fresh_tensors(report):
     return keys
 
 
-PROBLEM_TITLES = {"shape": "shape differs", "missing": "missing from the checkpoint",
-                  "unexpected": "not in the model"}
+PROBLEM_TITLES = {
+    "shape": "shape differs",
+    "missing": "missing from the checkpoint",
+    "unexpected": "not in the model",
+}
 
 
 def describe_item(kind, item):
@@ -69,8 +73,14 @@ def report_table(report):
     """The report as tables for the log: tensors not loaded as saved, then the class map."""
     rows = []
     for e in report["transplanted"]:
-        rows.append((e["key"], tuple(e["source_shape"]), tuple(e["shape"]),
-                     f"transplanted {len(e['rows'])} rows, {len(e['fresh_rows'])} fresh"))
+        rows.append(
+            (
+                e["key"],
+                tuple(e["source_shape"]),
+                tuple(e["shape"]),
+                f"transplanted {len(e['rows'])} rows, {len(e['fresh_rows'])} fresh",
+            )
+        )
     for e in report["reinitialized"]:
         source = tuple(e["source_shape"]) if e["source_shape"] is not None else "-"
         rows.append((e["key"], source, tuple(e["shape"]), "re-initialised: " + e["reason"]))

@@ -1,13 +1,14 @@
 """Dataset registration. Call these from ``main()`` (every ``launch`` worker); never on import."""
+
 import difflib
 import os
 
-from detectron2.config import instantiate
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from omegaconf import ListConfig
 
-from ..errors import DatasetError
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..errors import DatasetError
 from .cityscapes import CITYSCAPES_THING_CLASSES, load_cityscapes_instances, register_cityscapes
 from .coco import register_coco_dataset
 from .common import fixed_subset

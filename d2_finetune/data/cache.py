@@ -14,6 +14,7 @@ Concurrency: the process that finds the cache stale takes a file lock next to it
 writes; every other process on the machine (DDP ranks, launch workers) blocks on the same lock
 and then reads the fresh file. Readers that find a valid cache take no lock.
 """
+
 import contextlib
 import gc
 import hashlib
@@ -57,7 +58,7 @@ def fingerprint(paths, base, **settings):
     prefix = os.path.join(base, "")
     for path in paths:
         st = os.stat(path)
-        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, base)
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, base)
         digest.update(f"\n{rel}\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return digest.hexdigest()
 
@@ -78,10 +79,11 @@ def _user_cache_root():
 def find_cache_dir(dataset_dir, cache_dir=None):
     """Where a dataset's cache files go, or None when no candidate folder is writable.
 
-    In order: ``cache_dir`` or ``$D2FT_CACHE_DIR`` if given; else ``<dataset_dir>/d2_finetune_cache``
-    next to the data (shared by everyone using that copy); else the user's cache folder
-    (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``d2_finetune``). Outside the dataset folder each
-    dataset gets its own subfolder, named after its absolute path.
+    In order: ``cache_dir`` or ``$D2FT_CACHE_DIR`` if given; else
+    ``<dataset_dir>/d2_finetune_cache`` next to the data (shared by everyone using that copy);
+    else the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``d2_finetune``).
+    Outside the dataset folder each dataset gets its own subfolder, named after its absolute
+    path.
     """
     dataset_dir = os.path.abspath(dataset_dir)
     tag = os.path.basename(dataset_dir) + "-" + hashlib.sha1(dataset_dir.encode()).hexdigest()[:12]
@@ -89,7 +91,10 @@ def find_cache_dir(dataset_dir, cache_dir=None):
     if explicit:
         candidates = [os.path.join(explicit, tag)]
     else:
-        candidates = [os.path.join(dataset_dir, CACHE_FOLDER), os.path.join(_user_cache_root(), tag)]
+        candidates = [
+            os.path.join(dataset_dir, CACHE_FOLDER),
+            os.path.join(_user_cache_root(), tag),
+        ]
     for candidate in candidates:
         if _usable_dir(candidate):
             return candidate
@@ -168,7 +173,9 @@ def load_records(path, key, image_dir):
                 return None
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        logger.warning(f"Ignoring unreadable cache {path} ({type(e).__name__}: {e}); rebuilding it.")
+        logger.warning(
+            f"Ignoring unreadable cache {path} ({type(e).__name__}: {e}); rebuilding it."
+        )
         return None
     names = _unblob(arrays["file_name"], arrays["file_name_offsets"])
     ids = _unblob(arrays["image_id"], arrays["image_id_offsets"])
@@ -189,8 +196,11 @@ def load_records(path, key, image_dir):
                 "segmentation": {"size": sizes[i], "counts": rle},
             }
             for crowd, category, box, rle, i in zip(
-                arrays["iscrowd"].tolist(), arrays["category_id"].tolist(),
-                arrays["bbox"].tolist(), counts, image_of,
+                arrays["iscrowd"].tolist(),
+                arrays["category_id"].tolist(),
+                arrays["bbox"].tolist(),
+                counts,
+                image_of,
             )
         ]
         records = [
@@ -201,7 +211,9 @@ def load_records(path, key, image_dir):
                 "width": w,
                 "annotations": annotations[a:b],
             }
-            for name, image_id, h, w, a, b in zip(names, ids, heights, widths, starts[:-1], starts[1:])
+            for name, image_id, h, w, a, b in zip(
+                names, ids, heights, widths, starts[:-1], starts[1:]
+            )
         ]
     return records, json.loads(str(arrays["meta"]))
 

@@ -2,13 +2,15 @@
 
 Masks are rasterised exactly as cityscapesscripts draws ``*_gtFine_instanceIds.png``: every
 polygon of the image, in file order, with PIL, so later objects cover earlier ones. Each
-instance is stored as COCO RLE; ``<class>group`` regions become ``iscrowd=1`` annotations. Images without instances are kept (evaluation needs
-them); the training loader drops them when ``get_detection_dataset_dicts(filter_empty=True)``.
+instance is stored as COCO RLE; ``<class>group`` regions become ``iscrowd=1`` annotations.
+Images without instances are kept (evaluation needs them); the training loader drops them when
+``get_detection_dataset_dicts(filter_empty=True)``.
 
 A split is parsed once, by a process pool, and its records are cached on disk (see
 :mod:`d2_finetune.data.cache`); later loads, in any process, read the cache while the
 annotation files are unchanged.
 """
+
 import json
 import logging
 import math
@@ -24,8 +26,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
-from .common import dataset_root, registered_as
 from . import cache as records_cache
+from .common import dataset_root, registered_as
 
 __all__ = [
     "CITYSCAPES_THING_CLASSES",
@@ -41,7 +43,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CITYSCAPES_THING_CLASSES = [
-    "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 ]
 SPLITS = ("train", "val", "test")
 SOURCES = ("polygons", "png")
@@ -333,8 +342,9 @@ def _parse_all(files, source, num_workers, progress, desc):
         num_workers = min(os.cpu_count() or 1, len(items) // FILES_PER_WORKER)
     if mp.current_process().daemon:
         num_workers = 0  # daemonic processes (e.g. data-loader workers) cannot have children
-    bar = dict(total=len(items), desc=desc, unit="img",
-               disable=None if progress is None else not progress)
+    bar = dict(
+        total=len(items), desc=desc, unit="img", disable=None if progress is None else not progress
+    )
     if num_workers > 1:
         with mp.Pool(num_workers) as pool:
             chunk = max(1, min(64, len(items) // (num_workers * 8)))
@@ -360,14 +370,24 @@ def cache_file(gt_dir, source="polygons", cache_dir=None):
     cache folder is writable."""
     folder = records_cache.find_cache_dir(_dataset_dir(gt_dir), cache_dir)
     if folder is None:
-        logger.warning(f"No writable cache folder for {_dataset_dir(gt_dir)}: parsing without a cache.")
+        logger.warning(
+            f"No writable cache folder for {_dataset_dir(gt_dir)}: parsing without a cache."
+        )
         return None
     split = os.path.basename(os.path.normpath(gt_dir))
     return os.path.join(folder, f"instances_{split}_{source}.npz")
 
 
-def load_cityscapes_instances(image_dir, gt_dir, source="polygons", *, cache=True,
-                              cache_dir=None, num_workers=None, progress=None):
+def load_cityscapes_instances(
+    image_dir,
+    gt_dir,
+    source="polygons",
+    *,
+    cache=True,
+    cache_dir=None,
+    num_workers=None,
+    progress=None,
+):
     """Detectron2 dataset dicts for one Cityscapes split, from the cache when it is current.
 
     Args:
@@ -386,7 +406,9 @@ def load_cityscapes_instances(image_dir, gt_dir, source="polygons", *, cache=Tru
     they are skipped and counted, and one warning per load names how many and where.
     """
     if source not in SOURCES:
-        raise DatasetError(f"Cityscapes annotation source must be 'polygons' or 'png', got {source!r}.")
+        raise DatasetError(
+            f"Cityscapes annotation source must be 'polygons' or 'png', got {source!r}."
+        )
     files = cityscapes_files(image_dir, gt_dir, source)
     split = os.path.basename(os.path.normpath(gt_dir))
 
@@ -401,7 +423,9 @@ def load_cityscapes_instances(image_dir, gt_dir, source="polygons", *, cache=Tru
         key = records_cache.fingerprint(
             [ann_file for _, ann_file in files],
             os.path.dirname(os.path.dirname(os.path.normpath(gt_dir))),
-            source=source, classes=CITYSCAPES_THING_CLASSES, min_polygon_points=MIN_POLYGON_POINTS,
+            source=source,
+            classes=CITYSCAPES_THING_CLASSES,
+            min_polygon_points=MIN_POLYGON_POINTS,
         )
         records, meta, _ = records_cache.load_or_build(path, key, build, image_dir)
     if meta.get("skipped_polygons"):
@@ -434,7 +458,9 @@ def register_cityscapes(root=None, source="polygons", cache=True, cache_dir=None
         list[str]: the registered dataset names.
     """
     if source not in SOURCES:
-        raise DatasetError(f"Cityscapes annotation source must be 'polygons' or 'png', got {source!r}.")
+        raise DatasetError(
+            f"Cityscapes annotation source must be 'polygons' or 'png', got {source!r}."
+        )
     names = []
     for split in SPLITS:
         name = DATASET_NAME.format(split)
@@ -455,8 +481,7 @@ def register_cityscapes(root=None, source="polygons", cache=True, cache_dir=None
             image_dir=image_dir,
             gt_dir=gt_dir,
             evaluator_type="cityscapes_instance",
-            download_hint=DOWNLOAD_HINT.format(base=os.path.join(dataset_root(root),
-                                                                 "cityscapes")),
+            download_hint=DOWNLOAD_HINT.format(base=os.path.join(dataset_root(root), "cityscapes")),
             loader_settings=settings,
         )
         names.append(name)

@@ -8,6 +8,7 @@ builds them (a test compares both); category ids are mapped to contiguous ones a
 is kept in the metadata (``thing_dataset_id_to_contiguous_id``), which detectron2's
 ``COCOEvaluator`` uses to map predictions back to the json's ids.
 """
+
 import functools
 import json
 import logging
@@ -53,7 +54,7 @@ def read_coco_json(json_file):
     try:
         stamp = _stamp(path)
     except FileNotFoundError:
-        raise DatasetError(f"COCO annotation file not found: {json_file}")
+        raise DatasetError(f"COCO annotation file not found: {json_file}") from None
     cached = _PARSED.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
@@ -61,14 +62,17 @@ def read_coco_json(json_file):
         with open(path, "rb") as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"Cannot read COCO annotation file {json_file}: {type(e).__name__}: {e}")
+        raise DatasetError(
+            f"Cannot read COCO annotation file {json_file}: {type(e).__name__}: {e}"
+        ) from None
     if not isinstance(data, dict):
         raise DatasetError(
             f"{json_file} is not a COCO annotation file: it holds a {type(data).__name__}, "
             "not an object with 'images', 'annotations' and 'categories'."
         )
-    wrong = [k for k in ("images", "annotations", "categories")
-             if not isinstance(data.get(k), list)]
+    wrong = [
+        k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)
+    ]
     if wrong:
         raise DatasetError(
             f"{json_file} is not a COCO instances file: {', '.join(repr(k) for k in wrong)} "
@@ -87,8 +91,11 @@ def coco_categories(data, json_file):
             '[{"id": 1, "name": "..."}, ...].'
         )
     for category in categories:
-        if not (isinstance(category, dict) and isinstance(category.get("id"), int)
-                and isinstance(category.get("name"), str)):
+        if not (
+            isinstance(category, dict)
+            and isinstance(category.get("id"), int)
+            and isinstance(category.get("name"), str)
+        ):
             raise DatasetError(
                 f"{json_file}: category {category!r} needs an integer 'id' and a string 'name'."
             )
@@ -160,7 +167,7 @@ def coco_records(data, json_file, image_root, id_map):
         for ann in per_image[image_id]:
             if ann.get("ignore", 0) != 0:
                 raise DatasetError(
-                    f"{json_file}: annotation {ann.get('id')!r} has \"ignore\": "
+                    f'{json_file}: annotation {ann.get("id")!r} has "ignore": '
                     f"{ann['ignore']!r}, which is not supported; mark ignored regions with "
                     '"iscrowd": 1 instead.'
                 )
@@ -184,13 +191,15 @@ def coco_records(data, json_file, image_root, id_map):
             obj["bbox_mode"] = BoxMode.XYWH_ABS
             obj["category_id"] = id_map[obj["category_id"]]
             objs.append(obj)
-        records.append({
-            "file_name": os.path.join(image_root, image["file_name"]),
-            "height": image["height"],
-            "width": image["width"],
-            "image_id": image_id,
-            "annotations": objs,
-        })
+        records.append(
+            {
+                "file_name": os.path.join(image_root, image["file_name"]),
+                "height": image["height"],
+                "width": image["width"],
+                "image_id": image_id,
+                "annotations": objs,
+            }
+        )
     if dropped:
         logger.warning(f"{json_file}: dropped {dropped} annotation(s) without a valid polygon.")
     return records

@@ -1,4 +1,5 @@
 """Helpers shared by the datasets: where datasets live, registration, subsets, 16-bit PNGs."""
+
 import os
 
 import numpy as np

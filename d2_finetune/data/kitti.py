@@ -14,6 +14,7 @@ label files again, as the official devkit does.
 The official training set has no validation split: :func:`register_kitti` makes one, either
 a deterministic random fraction of the frames or the frame lists of ``split_dir``.
 """
+
 import functools
 import logging
 import os
@@ -74,9 +75,9 @@ def parse_kitti_label(path, with_score=False):
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise DatasetError(f"KITTI label file missing: {path}")
+        raise DatasetError(f"KITTI label file missing: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"Cannot read KITTI label file {path}: {e}")
+        raise DatasetError(f"Cannot read KITTI label file {path}: {e}") from None
     expected = 16 if with_score else 15
     objects = []
     for number, line in enumerate(lines, start=1):
@@ -87,18 +88,20 @@ def parse_kitti_label(path, with_score=False):
             raise DatasetError(
                 f"{path}, line {number}: {len(fields)} fields, expected {expected} (type, "
                 "truncated, occluded, alpha, 4 box, 3 dimensions, 3 location, rotation_y"
-                + (", score" if with_score else "") + ")."
+                + (", score" if with_score else "")
+                + ")."
             )
         kind = fields[0]
         if kind not in KITTI_CLASSES and kind not in KITTI_IGNORE_TYPES:
             raise DatasetError(
                 f"{path}, line {number}: unknown object type '{kind}'; KITTI's are "
-                + ", ".join(KITTI_CLASSES + list(KITTI_IGNORE_TYPES)) + "."
+                + ", ".join(KITTI_CLASSES + list(KITTI_IGNORE_TYPES))
+                + "."
             )
         try:
             values = [float(v) for v in fields[1:]]
         except ValueError:
-            raise DatasetError(f"{path}, line {number}: non-numeric field in {line!r}.")
+            raise DatasetError(f"{path}, line {number}: non-numeric field in {line!r}.") from None
         obj = {
             "type": kind,
             "truncated": values[0],
@@ -130,14 +133,18 @@ def kitti_frames(image_dir, label_dir):
         raise DatasetError(f"No frames with both {image_dir}/<id>.png and {label_dir}/<id>.txt.")
     unlabelled = sorted(images - labels)
     if unlabelled:
-        logger.warning(f"{len(unlabelled)} images in {image_dir} have no label file, e.g. "
-                       f"{unlabelled[0]}.png; they are left out.")
+        logger.warning(
+            f"{len(unlabelled)} images in {image_dir} have no label file, e.g. "
+            f"{unlabelled[0]}.png; they are left out."
+        )
     return frames
 
 
 def _check_split_options(val_fraction, seed):
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (
-        0 < val_fraction < 1
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not (0 < val_fraction < 1)
     ):
         raise DatasetError(f"KITTI val_fraction must be between 0 and 1, got {val_fraction!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -166,7 +173,7 @@ def _read_split_file(split_dir, split):
     except FileNotFoundError:
         raise DatasetError(
             f"KITTI split file missing: {path} (one frame id per line, e.g. 000042)."
-        )
+        ) from None
 
 
 def _split_frames(image_dir, label_dir, split, val_fraction, seed, split_dir):
@@ -216,15 +223,17 @@ def load_kitti(image_dir, label_dir, split="trainval", val_fraction=0.2, seed=0,
             with Image.open(image_file) as image:
                 width, height = image.size
         except OSError as e:
-            raise DatasetError(f"Cannot read KITTI image {image_file}: {e}")
+            raise DatasetError(f"Cannot read KITTI image {image_file}: {e}") from None
         objects = parse_kitti_label(os.path.join(label_dir, frame + ".txt"))
-        records.append({
-            "file_name": image_file,
-            "image_id": int(frame) if frame.isdigit() else frame,
-            "height": height,
-            "width": width,
-            "annotations": _annotations(objects),
-        })
+        records.append(
+            {
+                "file_name": image_file,
+                "image_id": int(frame) if frame.isdigit() else frame,
+                "height": height,
+                "width": width,
+                "annotations": _annotations(objects),
+            }
+        )
     logger.info(f"Loaded {len(records)} KITTI frames ({split}) from {image_dir}")
     return records
 

@@ -1,5 +1,6 @@
 """The data loaders of a resolved config (see :mod:`d2_finetune.engine.resolve`): training (with
 a resumable sampler), test, and the validation loss's, all from ``dataloader.*``."""
+
 import copy
 
 import torch
@@ -52,7 +53,9 @@ def build_train_loader(cfg):
     dataset = build_train_dataset(cfg)
     seed = cfg.train.get("seed", -1)
     if loader_cfg.get("sampler") is None:
-        loader_cfg.sampler = ResumableTrainingSampler(len(dataset), seed=seed if seed >= 0 else None)
+        loader_cfg.sampler = ResumableTrainingSampler(
+            len(dataset), seed=seed if seed >= 0 else None
+        )
     base_seed = seed if seed >= 0 else getattr(loader_cfg.sampler, "seed", None)
     if base_seed is not None and "seed" not in loader_cfg:
         # Worker seeds from the loader's own generator, one per process, not from the global
@@ -75,8 +78,9 @@ def build_val_loss_loader(cfg):
     over ``train.val_loss_images`` images spread over the test set, mapped as for training
     (annotations kept) at test scale, without random augmentation, one image per batch."""
     loader_cfg = copy.deepcopy(cfg.dataloader.test)
-    loader_cfg.dataset = L(fixed_subset)(dataset=loader_cfg.dataset,
-                                        size=cfg.train.get("val_loss_images", 100))
+    loader_cfg.dataset = L(fixed_subset)(
+        dataset=loader_cfg.dataset, size=cfg.train.get("val_loss_images", 100)
+    )
     mapper = copy.deepcopy(cfg.dataloader.train.mapper)
     mapper.is_train = True
     mapper.augmentations = copy.deepcopy(cfg.dataloader.test.mapper.augmentations)

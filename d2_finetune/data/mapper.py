@@ -10,6 +10,7 @@
 * An unreadable or corrupt image, or one whose size differs from its annotation, raises a
   :class:`DatasetError` naming the file.
 """
+
 import copy
 import functools
 
@@ -79,8 +80,10 @@ def transform_masks_cropped(segmentations, transforms, source_size, image_size):
     ``transforms``, with the pixels of detectron2's bitmask path."""
     crops, origins = [], []
     height, width = source_size
-    simple = all(isinstance(t, (T.ResizeTransform, T.HFlipTransform, T.NoOpTransform))
-                 for t in transforms.transforms)
+    simple = all(
+        isinstance(t, (T.ResizeTransform, T.HFlipTransform, T.NoOpTransform))
+        for t in transforms.transforms
+    )
     for segm in segmentations:
         if isinstance(segm, list):  # polygons: transformed, then rasterised (as detectron2 does)
             polygons = transforms.apply_polygons([np.asarray(p).reshape(-1, 2) for p in segm])
@@ -147,14 +150,17 @@ class DatasetMapper(_DatasetMapper):
         if sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
         if self.proposal_topk is not None:
-            utils.transform_proposals(dataset_dict, image_shape, transforms,
-                                      proposal_topk=self.proposal_topk)
+            utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
         if "annotations" in dataset_dict:
             if self.use_instance_mask and self.instance_mask_format == "cropped":
-                self._transform_annotations_cropped(dataset_dict, transforms, source_size, image_shape)
+                self._transform_annotations_cropped(
+                    dataset_dict, transforms, source_size, image_shape
+                )
             else:
                 self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
@@ -173,7 +179,9 @@ class DatasetMapper(_DatasetMapper):
         ]
         instances = utils.annotations_to_instances(annos, image_shape)
         try:
-            instances.gt_masks = transform_masks_cropped(segms, transforms, source_size, image_shape)
+            instances.gt_masks = transform_masks_cropped(
+                segms, transforms, source_size, image_shape
+            )
         except ValueError as e:
             raise DatasetError(f"Cannot use the masks of {dataset_dict['file_name']}: {e}") from e
         if self.recompute_boxes:

@@ -11,6 +11,7 @@
    "cannot write mode I as PNG" on current Pillow.
 4. Prints images per split, instances per class and crowd regions.
 """
+
 import logging
 import multiprocessing as mp
 import os
@@ -70,8 +71,9 @@ def _train_id_arrays(json_file):
 
     annotation = Annotation()
     annotation.fromJsonFile(json_file)
-    annotation.objects = [obj for obj in annotation.objects
-                          if len(obj.polygon) >= MIN_POLYGON_POINTS]
+    annotation.objects = [
+        obj for obj in annotation.objects if len(obj.polygon) >= MIN_POLYGON_POINTS
+    ]
     instance = np.asarray(createInstanceImage(annotation, "trainIds"))
     label = np.asarray(createLabelImage(annotation, "trainIds"))
     return instance, label
@@ -90,8 +92,12 @@ def write_train_id_images(json_files, num_workers=None, progress=None):
     """Write ``*_gtFine_{instance,label}TrainIds.png`` next to each ``*_gtFine_polygons.json``."""
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, len(json_files) // FILES_PER_WORKER)
-    bar = dict(total=len(json_files), desc="trainId images", unit="img",
-               disable=None if progress is None else not progress)
+    bar = dict(
+        total=len(json_files),
+        desc="trainId images",
+        unit="img",
+        disable=None if progress is None else not progress,
+    )
     if num_workers > 1:
         with mp.Pool(num_workers) as pool:
             for _ in tqdm(pool.imap_unordered(_write_train_ids, json_files, chunksize=16), **bar):
@@ -111,8 +117,12 @@ def _split_counts(records):
             else:
                 counts[CITYSCAPES_THING_CLASSES[ann["category_id"]]] += 1
     empty = sum(1 for r in records if not any(not a["iscrowd"] for a in r["annotations"]))
-    return {"images": len(records), "images without instances": empty, **counts,
-            "crowd regions": crowd}
+    return {
+        "images": len(records),
+        "images without instances": empty,
+        **counts,
+        "crowd regions": crowd,
+    }
 
 
 def summary_table(records_by_split):
@@ -127,8 +137,7 @@ def summary_table(records_by_split):
     )
 
 
-def prepare_cityscapes(root=None, train_ids=False, cache_dir=None, num_workers=None,
-                       progress=True):
+def prepare_cityscapes(root=None, train_ids=False, cache_dir=None, num_workers=None, progress=True):
     """Check, cache and summarise every split present under ``<root>/cityscapes``.
 
     Returns:
@@ -140,8 +149,10 @@ def prepare_cityscapes(root=None, train_ids=False, cache_dir=None, num_workers=N
         records_by_split[split] = load_cityscapes_instances(
             image_dir, gt_dir, cache_dir=cache_dir, num_workers=num_workers, progress=progress
         )
-        print(f"{split}: {len(records_by_split[split])} images, annotation cache "
-              f"{cache_file(gt_dir, cache_dir=cache_dir) or '(none: no writable folder)'}")
+        print(
+            f"{split}: {len(records_by_split[split])} images, annotation cache "
+            f"{cache_file(gt_dir, cache_dir=cache_dir) or '(none: no writable folder)'}"
+        )
         if train_ids:
             json_files = [ann_file for _, ann_file in cityscapes_files(image_dir, gt_dir)]
             write_train_id_images(json_files, num_workers=num_workers, progress=progress)

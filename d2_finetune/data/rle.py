@@ -7,6 +7,7 @@ order), so the columns an object spans are one contiguous stretch of runs: :func
 expands only that stretch, and gives exactly the pixels of ``pycocotools.mask.decode`` cut to
 the object's box (tested against it).
 """
+
 import numpy as np
 
 __all__ = ["decode_counts", "decode_crop"]

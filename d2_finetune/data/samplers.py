@@ -1,4 +1,5 @@
 """A training sampler that resumes where an interrupted run stopped."""
+
 import itertools
 
 from detectron2.data.samplers import TrainingSampler

@@ -5,6 +5,7 @@ Records come from detectron2's ``load_voc_instances`` and the metadata is that o
 ``PascalVOCDetectionEvaluator`` scores them; missing folders, files and unknown class names are
 reported as :class:`DatasetError`.
 """
+
 import functools
 import os
 import xml.etree.ElementTree as ET
@@ -77,9 +78,11 @@ def load_voc(dirname, split):
     try:
         records = load_voc_instances(dirname, split, CLASS_NAMES)
     except FileNotFoundError as e:
-        raise DatasetError(f"VOC annotation missing: {e.filename} (listed in {list_file}).")
+        raise DatasetError(
+            f"VOC annotation missing: {e.filename} (listed in {list_file})."
+        ) from None
     except ET.ParseError as e:
-        raise DatasetError(f"Cannot read a VOC annotation of {list_file}: {e}")
+        raise DatasetError(f"Cannot read a VOC annotation of {list_file}: {e}") from None
     except ValueError as e:
         error = _unknown_class(dirname, ids)
         if error is None:

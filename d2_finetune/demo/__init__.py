@@ -1,6 +1,7 @@
 """The offline demo and its stand-ins: synthetic datasets in real on-disk formats
 (:mod:`.synthetic`, also used by the tests and benchmarks) and the demo's pipeline
 (:mod:`.pipeline`: a stand-in COCO checkpoint, fine-tuning, predictions)."""
+
 from .pipeline import (
     DemoFiles,
     demo_paths,

@@ -10,6 +10,7 @@ No Cityscapes and no COCO weights can be downloaded here, so the demo makes hone
 3. fine-tuning with ``scripts/train_net.py --config-file configs/demo/cityscapes_demo.py``
    (which inherits ``configs/cityscapes_ft.py``), then the Cityscapes AP and prediction pictures.
 """
+
 import json
 import logging
 import os
@@ -130,7 +131,10 @@ def run_demo(files, output_dir="output/demo", num_train=60, num_val=20, predicti
     )
     print(f"Saved in Detectron2 model-zoo format: {pkl}")
 
-    _banner("3/4  Fine-tune on Cityscapes layout: scripts/train_net.py + configs/demo/cityscapes_demo.py")
+    _banner(
+        "3/4  Fine-tune on Cityscapes layout: scripts/train_net.py + "
+        "configs/demo/cityscapes_demo.py"
+    )
     finetune = [
         f"dataloader.register.root={p['data']}",
         f"train.init_checkpoint={pkl}",
@@ -140,8 +144,9 @@ def run_demo(files, output_dir="output/demo", num_train=60, num_val=20, predicti
 
     _banner("4/4  Prediction pictures")
     weights = os.path.join(p["finetune"], "model_final.pth")
-    cfg = prepare_config(files.finetune_config, finetune, training=False,
-                         settings={"train.init_checkpoint": weights})
+    cfg = prepare_config(
+        files.finetune_config, finetune, training=False, settings={"train.init_checkpoint": weights}
+    )
     model = load_for_inference(cfg)
     images = list_images(os.path.join(p["data"], "cityscapes", "leftImg8bit", "val"))[:predictions]
     predict_images(Predictor(cfg, model), images, p["predictions"], "cityscapes_ft_instance_val")
@@ -154,10 +159,17 @@ def _summary(p, seconds):
         transfer = json.load(f)
     with open(os.path.join(p["finetune"], "inference", "cityscapes_instance_results.json")) as f:
         metrics = json.load(f)["metrics"]
-    started = ", ".join(f"{t} <- {s}" if s else f"{t} fresh" for t, s in transfer["class_map"].items())
+    started = ", ".join(
+        f"{t} <- {s}" if s else f"{t} fresh" for t, s in transfer["class_map"].items()
+    )
     _banner("Summary (synthetic data and a stand-in COCO checkpoint: not Cityscapes results)")
     print(f"Head transfer from the stand-in COCO checkpoint: {started}")
-    print(f"Cityscapes mask AP on the synthetic val split: {metrics['AP']:.1f} (AP50 {metrics['AP50']:.1f})")
-    print(f"Outputs: {os.path.dirname(p['finetune'])} (logs, checkpoints, transfer.json, plots/, "
-          "inference/, predictions/)")
+    print(
+        f"Cityscapes mask AP on the synthetic val split: {metrics['AP']:.1f} "
+        f"(AP50 {metrics['AP50']:.1f})"
+    )
+    print(
+        f"Outputs: {os.path.dirname(p['finetune'])} (logs, checkpoints, transfer.json, plots/, "
+        "inference/, predictions/)"
+    )
     print(f"Demo finished in {seconds:.0f} s.")

@@ -1,6 +1,7 @@
 """Running a config: the command line (:mod:`.cli`), starting processes (:mod:`.launch`),
 resolving the config (:mod:`.resolve`), training (:mod:`.trainer` with :mod:`.steps`,
 :mod:`.hooks`, :mod:`.amp`), evaluation (:mod:`.evaluate`) and weights (:mod:`.weights`)."""
+
 from .amp import autocast_context
 from .checks import startup_guard
 from .cli import argument_parser, load, setup, user_errors

@@ -1,4 +1,5 @@
 """Mixed precision: when it is on, and in which dtype (``train.amp``)."""
+
 import logging
 from contextlib import nullcontext
 
@@ -11,8 +12,12 @@ __all__ = ["AMP_DTYPES", "amp_dtype", "amp_enabled", "autocast_context"]
 logger = logging.getLogger(__name__)
 
 # The names train.amp.dtype accepts.
-AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
-              "bf16": torch.bfloat16}
+AMP_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def amp_dtype(cfg):
@@ -29,8 +34,10 @@ def amp_enabled(cfg):
     if not cfg.train.amp.enabled:
         return False
     if torch.device(cfg.train.device).type == "cpu" and amp_dtype(cfg) == torch.float16:
-        logger.info("train.amp: float16 needs a GPU; running in float32 on the CPU "
-                    "(train.amp.dtype=bfloat16 gives mixed precision on CPUs).")
+        logger.info(
+            "train.amp: float16 needs a GPU; running in float32 on the CPU "
+            "(train.amp.dtype=bfloat16 gives mixed precision on CPUs)."
+        )
         return False
     return True
 

@@ -1,4 +1,5 @@
 """Checks that run before a job writes anything or starts training, so bad input fails fast."""
+
 import contextlib
 import logging
 import os
@@ -6,7 +7,6 @@ import shutil
 import uuid
 
 import torch
-
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
@@ -17,15 +17,28 @@ from ..errors import CheckpointError, ConfigError, UserError
 from ..solver import epochs_in
 from .amp import amp_dtype
 
-__all__ = ["check_config", "check_init_checkpoint", "check_output_dir", "check_world_size", "startup_guard"]
+__all__ = [
+    "check_config",
+    "check_init_checkpoint",
+    "check_output_dir",
+    "check_world_size",
+    "startup_guard",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def _positive_int(value, key, allow_zero=False):
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    ok = (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value >= 0 if allow_zero else value > 0)
+    )
     if not ok:
-        raise ConfigError(f"{key} must be {'a non-negative' if allow_zero else 'a positive'} integer, got {value!r}.")
+        raise ConfigError(
+            f"{key} must be {'a non-negative' if allow_zero else 'a positive'} integer, "
+            f"got {value!r}."
+        )
 
 
 def _period(cfg, key, allow_zero=False):
@@ -84,7 +97,7 @@ def check_config(cfg, world_size=1):
         raise ConfigError(f"train.best_metric.mode must be 'max' or 'min', got {best.mode!r}.")
     if best:
         try:
-            best.name
+            best.get("name")
         except InterpolationResolutionError as e:
             raise ConfigError(
                 f"train.best_metric.name={best._get_node('name')._value()} cannot be resolved "
@@ -114,7 +127,9 @@ def check_config(cfg, world_size=1):
 
 def check_world_size(num_gpus, num_machines):
     if num_gpus < 1 or num_machines < 1:
-        raise ConfigError(f"--num-gpus and --num-machines must be at least 1, got {num_gpus} and {num_machines}.")
+        raise ConfigError(
+            f"--num-gpus and --num-machines must be at least 1, got {num_gpus} and {num_machines}."
+        )
     if torch.cuda.is_available() and num_gpus > torch.cuda.device_count():
         raise ConfigError(
             f"--num-gpus {num_gpus} but this machine has {torch.cuda.device_count()} GPU(s)."
@@ -145,7 +160,8 @@ def check_output_dir(path, needed_bytes=0):
         os.remove(probe)
     except OSError as e:
         raise ConfigError(
-            f"train.output_dir={path} is not writable ({e.strerror}): choose a folder you can write to."
+            f"train.output_dir={path} is not writable ({e.strerror}): choose a folder you can "
+            "write to."
         ) from e
     free = shutil.disk_usage(path).free
     if free < needed_bytes:

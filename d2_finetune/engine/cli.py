@@ -1,4 +1,5 @@
 """Command-line plumbing shared by the scripts: arguments, config setup, error reporting."""
+
 import contextlib
 import logging
 import os
@@ -36,7 +37,9 @@ def load(args):
     command line (``--num-gpus``, ``--resume``); nothing is written, nothing resolved yet (see
     :func:`.resolve.resolve_config`, which every process runs after :func:`setup`)."""
     if not args.config_file:
-        raise ConfigError("No config file given: pass --config-file, e.g. configs/cityscapes_ft.py.")
+        raise ConfigError(
+            "No config file given: pass --config-file, e.g. configs/cityscapes_ft.py."
+        )
     check_world_size(args.num_gpus, args.num_machines)
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, world_size=args.num_gpus * args.num_machines)
@@ -49,8 +52,12 @@ def setup(cfg, args):
     workers share tensors (``train.tensor_sharing``); saves the config."""
     check_output_dir(cfg.train.output_dir)
     default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2_finetune",
-                 abbrev_name="d2ft")
+    setup_logger(
+        cfg.train.output_dir,
+        distributed_rank=comm.get_rank(),
+        name="d2_finetune",
+        abbrev_name="d2ft",
+    )
     if cfg.train.get("tensor_sharing"):
         torch.multiprocessing.set_sharing_strategy(cfg.train.tensor_sharing)
     return cfg

@@ -8,6 +8,7 @@ disk alone. So a decision is taken once, on the main process, and handed to ever
 (:func:`decided_on_main`); a process that decided on its own would leave the loop while the
 others wait for it in the next collective.
 """
+
 from detectron2.utils import comm
 
 from ..errors import UserError

@@ -1,4 +1,5 @@
 """Evaluating a model on the config's test set with the config's evaluators."""
+
 from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict

@@ -1,4 +1,5 @@
 """Parameters not to train (``train.freeze``)."""
+
 import fnmatch
 import logging
 

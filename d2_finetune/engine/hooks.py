@@ -1,4 +1,5 @@
 """Training hooks: best checkpoint with early stopping, validation loss, plots."""
+
 import json
 import logging
 import math
@@ -12,8 +13,8 @@ from detectron2.engine import hooks
 from detectron2.engine.hooks import HookBase
 from detectron2.utils import comm
 
-from ..fileio import atomic_write
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 from .distributed import decided_on_main
 
 __all__ = ["BestCheckpointer", "ValidationLoss", "PlotWriter"]
@@ -32,8 +33,15 @@ class BestCheckpointer(hooks.BestCheckpointer):
     (:func:`.distributed.decided_on_main`). Only the main process writes files.
     """
 
-    def __init__(self, eval_period, checkpointer, val_metric, mode="max", patience=0,
-                 file_prefix="model_best"):
+    def __init__(
+        self,
+        eval_period,
+        checkpointer,
+        val_metric,
+        mode="max",
+        patience=0,
+        file_prefix="model_best",
+    ):
         super().__init__(eval_period, checkpointer, val_metric, mode, file_prefix)
         self.patience = patience
         self.evals_without_improvement = 0
@@ -56,9 +64,11 @@ class BestCheckpointer(hooks.BestCheckpointer):
             if state.get("metric") != self._val_metric:
                 return None
             value, iteration = state["value"], state["iteration"]
-            return (None if value is None else float(value),
-                    None if iteration is None else int(iteration),
-                    int(state.get("evals_without_improvement", 0)))
+            return (
+                None if value is None else float(value),
+                None if iteration is None else int(iteration),
+                int(state.get("evals_without_improvement", 0)),
+            )
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CheckpointError(
                 f"Cannot read the best-checkpoint record {self._record} ({type(e).__name__}: "
@@ -102,8 +112,12 @@ class BestCheckpointer(hooks.BestCheckpointer):
             self.evals_without_improvement = 0
             # Not named in last_checkpoint: --resume continues from the latest periodic
             # checkpoint, not from the best one.
-            self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration,
-                                    best_metric={self._val_metric: value})
+            self._checkpointer.save(
+                self._file_prefix,
+                tag_last=False,
+                iteration=iteration,
+                best_metric={self._val_metric: value},
+            )
             self._logger.info(
                 f"New best {self._val_metric} = {value:.4f} at iteration {iteration}: "
                 f"saved {self._file_prefix}.pth"
@@ -115,9 +129,12 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 f"({self.evals_without_improvement} evaluation(s) without improvement)"
             )
         if comm.is_main_process():
-            record = {"metric": self._val_metric, "value": self.best_metric,
-                      "iteration": self.best_iter,
-                      "evals_without_improvement": self.evals_without_improvement}
+            record = {
+                "metric": self._val_metric,
+                "value": self.best_metric,
+                "iteration": self.best_iter,
+                "evals_without_improvement": self.evals_without_improvement,
+            }
             atomic_write(self._record, lambda f: f.write(json.dumps(record).encode()))
         if self.patience and self.evals_without_improvement >= self.patience:
             self.trainer.request_stop(
@@ -166,14 +183,18 @@ class ValidationLoss(HookBase):
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
-        if self._period > 0 and (next_iter % self._period == 0 or next_iter == self.trainer.max_iter):
+        if self._period > 0 and (
+            next_iter % self._period == 0 or next_iter == self.trainer.max_iter
+        ):
             was_training = self._model.training
             self._model.train()
             losses = self.compute()
             self._model.train(was_training)
             if losses:
                 self.trainer.storage.put_scalars(**losses, smoothing_hint=False)
-                logger.info("Validation loss: " + "  ".join(f"{k}: {v:.4g}" for k, v in losses.items()))
+                logger.info(
+                    "Validation loss: " + "  ".join(f"{k}: {v:.4g}" for k, v in losses.items())
+                )
 
 
 class PlotWriter(HookBase):
@@ -202,8 +223,11 @@ class PlotWriter(HookBase):
             return {}
         self._json_writer.write()
         metrics_file = self._json_writer._file_handle.name
-        return plot_metrics(metrics_file, os.path.join(os.path.dirname(metrics_file), "plots"),
-                            self.trainer.evaluation_metrics)
+        return plot_metrics(
+            metrics_file,
+            os.path.join(os.path.dirname(metrics_file), "plots"),
+            self.trainer.evaluation_metrics,
+        )
 
 
 def _read_metrics(metrics_file):

@@ -8,6 +8,7 @@ launching process created (:func:`report_in_launcher`) and exits with status 2 w
 when a worker fails, the launcher gives the others a few seconds to end on their own, ends the
 rest, and raises the lowest rank's reported error. Errors that are bugs keep torch's traceback.
 """
+
 import glob
 import logging
 import os
@@ -66,8 +67,15 @@ def launch(main, args, timeout=DEFAULT_TIMEOUT):
             context = mp.start_processes(
                 _distributed_worker,
                 nprocs=args.num_gpus,
-                args=(main, world_size, args.num_gpus, args.machine_rank, dist_url, (args,),
-                      timeout),
+                args=(
+                    main,
+                    world_size,
+                    args.num_gpus,
+                    args.machine_rank,
+                    dist_url,
+                    (args,),
+                    timeout,
+                ),
                 daemon=False,
                 join=False,
             )

@@ -1,4 +1,5 @@
 """The console's progress line: detectron2's CommonMetricPrinter, safe when training stops early."""
+
 from detectron2.utils.events import CommonMetricPrinter
 
 __all__ = ["MetricPrinter"]

@@ -16,6 +16,7 @@ it in one place, in this order, editing the config in place, so that every later
 
 :func:`prepare_config` is the whole sequence from a file: load, check, resolve.
 """
+
 import logging
 import os
 
@@ -127,7 +128,8 @@ def resolve_num_classes(cfg):
     if len(set(counts.values())) > 1:
         raise ConfigError(
             "The training datasets have different numbers of classes "
-            + ", ".join(f"{n}: {c}" for n, c in counts.items()) + "; train on datasets that share "
+            + ", ".join(f"{n}: {c}" for n, c in counts.items())
+            + "; train on datasets that share "
             "their classes."
         )
     classes = MetadataCatalog.get(names[0]).thing_classes

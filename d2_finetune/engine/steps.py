@@ -1,5 +1,6 @@
 """One training iteration: detectron2's SimpleTrainer and AMPTrainer, with the losses checked on
 every process (so a NaN stops all of them at the same iteration) and autocast on any device."""
+
 import time
 
 import numpy as np
@@ -18,9 +19,13 @@ def build_step(cfg, model, data_loader, optimizer):
     """The iteration of ``cfg``: :class:`AutocastTrainer` when AMP is on (see
     :func:`.amp.amp_enabled`), else :class:`FinetuneSimpleTrainer`."""
     if amp_enabled(cfg):
-        return AutocastTrainer(model, data_loader, optimizer,
-                               device_type=torch.device(cfg.train.device).type,
-                               precision=amp_dtype(cfg))
+        return AutocastTrainer(
+            model,
+            data_loader,
+            optimizer,
+            device_type=torch.device(cfg.train.device).type,
+            precision=amp_dtype(cfg),
+        )
     return FinetuneSimpleTrainer(model, data_loader, optimizer)
 
 
@@ -72,8 +77,9 @@ class AutocastTrainer(SharedMetrics, AMPTrainer):
         scaler = torch.amp.GradScaler(
             device_type, enabled=(device_type == "cuda" and precision == torch.float16)
         )
-        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision,
-                         **kwargs)
+        super().__init__(
+            model, data_loader, optimizer, grad_scaler=scaler, precision=precision, **kwargs
+        )
         self.device_type = device_type
 
     def run_step(self):

@@ -1,4 +1,5 @@
 """FinetuneTrainer: the training loop of a LazyConfig, on detectron2's DefaultTrainer."""
+
 import copy
 import logging
 import os
@@ -132,17 +133,28 @@ class FinetuneTrainer(DefaultTrainer):
             self.evaluation_metrics = overall_metrics(self._last_eval_results)
             return self._last_eval_results
 
-        ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results,
-                                  eval_after_train=cfg.train.get("eval_after_train", True)))
+        ret.append(
+            hooks.EvalHook(
+                cfg.train.eval_period,
+                test_and_save_results,
+                eval_after_train=cfg.train.get("eval_after_train", True),
+            )
+        )
         val_period = cfg.train.get("val_loss_period", 0)
         if val_period:
             # Before BestCheckpointer, which may keep the best checkpoint by val_total_loss.
             ret.append(ValidationLoss(val_period, self.model, build_val_loss_loader(cfg)))
         best = cfg.train.get("best_metric")
         if best:
-            ret.append(BestCheckpointer(cfg.train.eval_period, self.checkpointer, best.name,
-                                        mode=best.get("mode", "max"),
-                                        patience=cfg.train.get("patience", 0)))
+            ret.append(
+                BestCheckpointer(
+                    cfg.train.eval_period,
+                    self.checkpointer,
+                    best.name,
+                    mode=best.get("mode", "max"),
+                    patience=cfg.train.get("patience", 0),
+                )
+            )
         if comm.is_main_process():
             writers = self.build_writers()
             json_writers = [w for w in writers if isinstance(w, JSONWriter)]
@@ -153,8 +165,10 @@ class FinetuneTrainer(DefaultTrainer):
         return ret
 
     def build_writers(self):
-        return [MetricPrinter(self.max_iter) if type(w) is CommonMetricPrinter else w
-                for w in default_writers(self.cfg.train.output_dir, self.max_iter)]
+        return [
+            MetricPrinter(self.max_iter) if type(w) is CommonMetricPrinter else w
+            for w in default_writers(self.cfg.train.output_dir, self.max_iter)
+        ]
 
     def resume_or_load(self, resume=True):
         """Resume from ``last_checkpoint`` in the output dir if ``resume`` and one exists;
@@ -178,26 +192,35 @@ class FinetuneTrainer(DefaultTrainer):
             if isinstance(self._sampler, ResumableTrainingSampler):
                 consumed = self.start_iter * self.cfg.dataloader.train.total_batch_size
                 self._sampler.skip(consumed)
-                logger.info(f"Continuing the data order of sampler seed {self._sampler.seed} "
-                            f"after its first {consumed} images")
+                logger.info(
+                    f"Continuing the data order of sampler seed {self._sampler.seed} "
+                    f"after its first {consumed} images"
+                )
             if config_lrs != list(self.scheduler.base_lrs):
-                logger.info(f"Resuming with the config's base LR {config_lrs[0]:g} (the "
-                            f"checkpoint's was {self.scheduler.base_lrs[0]:g})")
+                logger.info(
+                    f"Resuming with the config's base LR {config_lrs[0]:g} (the "
+                    f"checkpoint's was {self.scheduler.base_lrs[0]:g})"
+                )
                 self.scheduler.base_lrs = config_lrs
-                for group, base, lr in zip(self.optimizer.param_groups, config_lrs,
-                                           self.scheduler.get_lr()):
+                for group, base, lr in zip(
+                    self.optimizer.param_groups, config_lrs, self.scheduler.get_lr()
+                ):
                     group["initial_lr"], group["lr"] = base, lr
         elif isinstance(self._sampler, ResumableTrainingSampler):
             logger.info(f"Data order: sampler seed {self._sampler.seed}")
 
     def _resume_failure(self, error):
         named = self.checkpointer.get_checkpoint_file()
-        others = [os.path.basename(f) for f in self.checkpointer.get_all_checkpoint_files()
-                  if f != named and os.path.basename(f) != "model_best.pth"]
+        others = [
+            os.path.basename(f)
+            for f in self.checkpointer.get_all_checkpoint_files()
+            if f != named and os.path.basename(f) != "model_best.pth"
+        ]
         alternatives = (
             f" Other checkpoints here: {', '.join(sorted(others)[-3:])}; to resume from one, "
             "write its name into last_checkpoint."
-            if others else ""
+            if others
+            else ""
         )
         return (
             f"Cannot resume: {os.path.join(self.cfg.train.output_dir, 'last_checkpoint')} names "
@@ -244,13 +267,15 @@ class FinetuneTrainer(DefaultTrainer):
         if "loss_dict = " in text:
             losses = text.split("loss_dict = ", 1)[1].strip()
         else:  # raised inside the model, e.g. by its proposal generator
-            logged = ", ".join(f"{k}={v:.4g}" for k, (v, _) in sorted(self.storage.latest().items())
-                               if "loss" in k)
+            logged = ", ".join(
+                f"{k}={v:.4g}" for k, (v, _) in sorted(self.storage.latest().items()) if "loss" in k
+            )
             losses = text.strip() + (f"; last logged {logged}" if logged else "")
         last = self.checkpointer.get_checkpoint_file()
         kept = (
             f"The last good checkpoint, {last}, is intact and named in last_checkpoint"
-            if last else "No checkpoint was saved before it"
+            if last
+            else "No checkpoint was saved before it"
         )
         return (
             f"Training diverged at iteration {self.iter} (a loss or prediction became NaN/Inf: "

@@ -1,5 +1,6 @@
 """Which weights a model gets: the checkpointer a config describes, and the weights an evaluation
 or a prediction runs with."""
+
 from ..checkpoint import FinetuneCheckpointer, fresh_tensors
 from ..errors import CheckpointError
 from ..modeling import build_model

@@ -5,6 +5,7 @@ under a prefix; detectron2's COCO-style AP without leaving a path in the dataset
 Each is imported when first used, so a config that evaluates VOC or KITTI never loads
 cityscapesscripts.
 """
+
 import importlib
 
 _EXPORTS = {

@@ -7,6 +7,7 @@ and gathered across processes and machines (see :mod:`.cityscapes_metric`).
 :class:`OfficialCityscapesInstanceEvaluator` runs the official script itself on PNG files, as
 detectron2's evaluator does, for those who want to check.
 """
+
 import glob
 import json
 import logging
@@ -20,8 +21,8 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation import CityscapesInstanceEvaluator as _D2CityscapesInstanceEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
@@ -121,8 +122,9 @@ def _report(ap, num_images, dataset_name, output_dir, evaluator):
     results = summarize(ap)
     rows = [(name, results[f"AP-{name}"], results[f"AP50-{name}"]) for name in INSTANCE_LABELS]
     rows.append(("average", results["AP"], results["AP50"]))
-    table = tabulate(rows, headers=["class", "AP", "AP50"], tablefmt="pipe", floatfmt=".3f",
-                     numalign="right")
+    table = tabulate(
+        rows, headers=["class", "AP", "AP50"], tablefmt="pipe", floatfmt=".3f", numalign="right"
+    )
     logger.info(
         f"Cityscapes instance AP (official metric, {evaluator} path) of '{dataset_name}' on "
         f"{num_images} images:\n{table}"
@@ -179,7 +181,8 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._official = (
             OfficialCityscapesInstanceEvaluator(dataset_name, output_dir)
-            if evaluator == "official" else None
+            if evaluator == "official"
+            else None
         )
         gt_dir, label_ids = _cityscapes_metadata(dataset_name)
         self._ground_truth = _GroundTruthFiles(dataset_name, gt_dir)
@@ -233,8 +236,9 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
 
     def _advance_progress(self):
         if self._progress is None:
-            self._progress = tqdm(desc="Cityscapes matching", unit="img",
-                                  disable=not comm.is_main_process())
+            self._progress = tqdm(
+                desc="Cityscapes matching", unit="img", disable=not comm.is_main_process()
+            )
         self._progress.update(1)
 
     def _close_progress(self):
@@ -254,8 +258,9 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
             for key, matches in part.items():
                 images.setdefault(key, matches)
         if not images:
-            logger.warning(f"[CityscapesInstanceEvaluator] no images of '{self._dataset_name}' "
-                           "were processed.")
+            logger.warning(
+                f"[CityscapesInstanceEvaluator] no images of '{self._dataset_name}' were processed."
+            )
             return {}
         ap = average_precisions(images.values())
         return _report(ap, len(images), self._dataset_name, self._output_dir, "fast")
@@ -297,8 +302,10 @@ class OfficialCityscapesInstanceEvaluator(_D2CityscapesInstanceEvaluator):
 
         gt_files = sorted({k: v for part in gathered for k, v in part.items()}.values())
         if not gt_files:
-            logger.warning(f"[OfficialCityscapesInstanceEvaluator] no images of "
-                           f"'{self._dataset_name}' were processed.")
+            logger.warning(
+                f"[OfficialCityscapesInstanceEvaluator] no images of "
+                f"'{self._dataset_name}' were processed."
+            )
             self._working_dir.cleanup()
             return {}
         args = cityscapes_eval.args
@@ -308,8 +315,9 @@ class OfficialCityscapesInstanceEvaluator(_D2CityscapesInstanceEvaluator):
         args.colorized = False
         args.quiet = True
         args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
-        logger.info(f"Evaluating {len(gt_files)} images with cityscapesscripts under "
-                    f"{self._temp_dir} ...")
+        logger.info(
+            f"Evaluating {len(gt_files)} images with cityscapesscripts under {self._temp_dir} ..."
+        )
         predictions = [cityscapes_eval.getPrediction(gt, args) for gt in gt_files]
         cityscapes_eval.setInstanceLabels(args)
         gt_instances = cityscapes_eval.getGtInstances(gt_files, args)

@@ -21,6 +21,7 @@ Both produce the official numbers to floating-point identity; the differences ar
 is written to disk and a class with ground truth whose predictions are all ignored scores 0
 where the official script stops with an ``IndexError``.
 """
+
 import struct
 import warnings
 from typing import NamedTuple
@@ -221,8 +222,10 @@ def match_crops(instance_ids, crops):
     if instance_ids.dtype.kind == "i" and instance_ids.size and instance_ids.min() < 0:
         raise ValueError("instance ids must be non-negative")
     if tuple(crops.image_shape) != instance_ids.shape:
-        raise ValueError(f"masks of shape {tuple(crops.image_shape)} do not match instance ids "
-                         f"of shape {instance_ids.shape}")
+        raise ValueError(
+            f"masks of shape {tuple(crops.image_shape)} do not match instance ids "
+            f"of shape {instance_ids.shape}"
+        )
 
     gt_class, gt_id, gt_pixels = _ground_truth(instance_ids)
     gt_rows_of_class = {c: np.flatnonzero(gt_class == c) for c in np.unique(gt_class).tolist()}
@@ -270,8 +273,9 @@ def _concatenate(images):
     images = list(images)
     if not images:
         empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return ImageMatches(empty_i, empty_i, empty_i, empty_i, empty_f, empty_i, empty_i,
-                            empty_i, empty_i, empty_i)
+        return ImageMatches(
+            empty_i, empty_i, empty_i, empty_i, empty_f, empty_i, empty_i, empty_i, empty_i, empty_i
+        )
     gt_offsets = np.cumsum([0] + [len(m.gt_id) for m in images[:-1]])
     pred_offsets = np.cumsum([0] + [len(m.pred_score) for m in images[:-1]])
     return ImageMatches(
@@ -372,10 +376,12 @@ def average_precisions(images, overlaps=OVERLAPS, min_region_size=MIN_REGION_SIZ
                 ap[c, t] = 0.0
                 continue
             tp_scores = hit_score[best & (hit_class == c)]
-            fp_scores = np.concatenate([
-                hit_score[~best & (hit_class == c)],
-                m.pred_score[false_pos & (m.pred_class == c)],
-            ])
+            fp_scores = np.concatenate(
+                [
+                    hit_score[~best & (hit_class == c)],
+                    m.pred_score[false_pos & (m.pred_class == c)],
+                ]
+            )
             y_true = np.concatenate([np.ones(len(tp_scores)), np.zeros(len(fp_scores))])
             y_score = np.concatenate([tp_scores, fp_scores])
             ap[c, t] = average_precision(y_true, y_score, num_counted[c] - found[c])

@@ -7,6 +7,7 @@ dataset in the same process then reads the recorded file, even when its own ``ou
 differs and the first folder has been removed since (a temporary folder, a deleted run):
 ``FileNotFoundError`` for a file the user never named.
 """
+
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 

@@ -6,6 +6,7 @@ is which: ``cityscapes/AP``, ``cityscapes/AP50``, ``cityscapes/AP-<class>``, ...
 ``coco/bbox/AP``, ``coco/segm/AP``, ... once detectron2's ``flatten_results_dict`` (applied by
 ``EvalHook``) has joined the keys.
 """
+
 import tempfile
 
 from detectron2.evaluation import DatasetEvaluators
@@ -26,8 +27,9 @@ class CityscapesCOCOEvaluator(DatasetEvaluators):
     "coco/bbox": {...}, "coco/segm": {...}}``, in percent.
     """
 
-    def __init__(self, dataset_name, output_dir=None, evaluator="fast",
-                 coco_tasks=("bbox", "segm")):
+    def __init__(
+        self, dataset_name, output_dir=None, evaluator="fast", coco_tasks=("bbox", "segm")
+    ):
         """
         Args:
             dataset_name: a Cityscapes dataset registered by
@@ -37,16 +39,25 @@ class CityscapesCOCOEvaluator(DatasetEvaluators):
             evaluator: "fast" or "official", see :class:`CityscapesInstanceEvaluator`.
             coco_tasks: COCO-style tasks to evaluate beside; empty for the Cityscapes AP only.
         """
-        evaluators = [PrefixedEvaluator(
-            CityscapesInstanceEvaluator(dataset_name, output_dir=output_dir, evaluator=evaluator),
-            prefix="cityscapes", task="segm",
-        )]
+        evaluators = [
+            PrefixedEvaluator(
+                CityscapesInstanceEvaluator(
+                    dataset_name, output_dir=output_dir, evaluator=evaluator
+                ),
+                prefix="cityscapes",
+                task="segm",
+            )
+        ]
         if coco_tasks:
             if output_dir is None:
                 self._coco_dir = tempfile.TemporaryDirectory(prefix="coco_eval_")
                 output_dir = self._coco_dir.name
-            evaluators.append(PrefixedEvaluator(
-                ScopedCOCOEvaluator(dataset_name, tasks=tuple(coco_tasks), output_dir=output_dir),
-                prefix="coco",
-            ))
+            evaluators.append(
+                PrefixedEvaluator(
+                    ScopedCOCOEvaluator(
+                        dataset_name, tasks=tuple(coco_tasks), output_dir=output_dir
+                    ),
+                    prefix="coco",
+                )
+            )
         super().__init__(evaluators)

@@ -21,6 +21,7 @@ The rules are those of the devkit's ``evaluate_object.cpp`` (2D boxes, "image" m
 :func:`kitti_average_precision` computes one class at one difficulty from label-file objects;
 :class:`KittiEvaluator` runs it on a detectron2 model's predictions.
 """
+
 import logging
 import math
 import os
@@ -92,9 +93,11 @@ class _Frame:
             kind = obj["type"].lower()
             valid = 1 if kind == cls else 0 if kind == neighbour else -1
             x1, y1, x2, y2 = obj["bbox"]
-            ignore = (obj["occluded"] > MAX_OCCLUSION[level]
-                      or obj["truncated"] > MAX_TRUNCATION[level]
-                      or y2 - y1 <= MIN_HEIGHT[level])
+            ignore = (
+                obj["occluded"] > MAX_OCCLUSION[level]
+                or obj["truncated"] > MAX_TRUNCATION[level]
+                or y2 - y1 <= MIN_HEIGHT[level]
+            )
             if valid == 1 and not ignore:
                 flag = 0
             elif valid == 0 or valid == 1:
@@ -280,9 +283,11 @@ class KittiEvaluator(DatasetEvaluator):
             instances = out["instances"].to("cpu")
             self._detections[frame] = [
                 {"type": self._class_names[c], "bbox": box, "score": score}
-                for box, score, c in zip(instances.pred_boxes.tensor.tolist(),
-                                         instances.scores.tolist(),
-                                         instances.pred_classes.tolist())
+                for box, score, c in zip(
+                    instances.pred_boxes.tensor.tolist(),
+                    instances.scores.tolist(),
+                    instances.pred_classes.tolist(),
+                )
             ]
 
     def _write_results(self, detections):
@@ -291,8 +296,10 @@ class KittiEvaluator(DatasetEvaluator):
         for frame, dets in detections.items():
             with open(os.path.join(folder, frame + ".txt"), "w") as f:
                 for d in dets:
-                    f.write("%s -1 -1 -10 %.2f %.2f %.2f %.2f -1 -1 -1 -1000 -1000 -1000 -10 %.4f\n"
-                            % (d["type"], *d["bbox"], d["score"]))
+                    f.write(
+                        "%s -1 -1 -10 %.2f %.2f %.2f %.2f -1 -1 -1 -1000 -1000 -1000 -10 %.4f\n"
+                        % (d["type"], *d["bbox"], d["score"])
+                    )
 
     def evaluate(self):
         gathered = comm.gather(self._detections, dst=0)
@@ -322,6 +329,8 @@ class KittiEvaluator(DatasetEvaluator):
             for difficulty in KITTI_DIFFICULTIES:
                 metrics[f"AP_{difficulty}-{cls}"] = table[cls, difficulty]
         rows = [[c] + [f"{table[c, d]:.2f}" for d in KITTI_DIFFICULTIES] for c in self._classes]
-        logger.info(f"KITTI AP|R40 on {len(frames)} images:\n"
-                    + tabulate(rows, headers=["class", *KITTI_DIFFICULTIES], tablefmt="pipe"))
+        logger.info(
+            f"KITTI AP|R40 on {len(frames)} images:\n"
+            + tabulate(rows, headers=["class", *KITTI_DIFFICULTIES], tablefmt="pipe")
+        )
         return {"bbox": metrics}

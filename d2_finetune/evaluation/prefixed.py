@@ -4,6 +4,7 @@ Every dataset's ``dataloader.evaluator`` is a list of :class:`PrefixedEvaluator`
 detectron2's ``DatasetEvaluators``), so that each metric says where it comes from:
 ``cityscapes/AP``, ``coco/segm/AP``, ``voc/bbox/AP50``, ``kitti/bbox/AP_moderate``.
 """
+
 from collections import OrderedDict
 
 from detectron2.evaluation import DatasetEvaluator

@@ -18,6 +18,7 @@ trained on one format transfers to another by class name, as COCO models do to C
 Classes of other datasets are drawn with the look of the COCO class they correspond to
 (:data:`.voc.VOC_LOOKS`, :data:`.kitti.KITTI_LOOKS`).
 """
+
 from .cityscapes import make_cityscapes, make_cityscapes_parallel
 from .coco import make_coco
 from .drawing import APPEARANCE, render_objects

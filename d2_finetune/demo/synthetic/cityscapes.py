@@ -1,19 +1,36 @@
 """A synthetic Cityscapes (gtFine layout), its PNGs drawn by cityscapesscripts' own functions."""
+
 import json
 import os
 
 import numpy as np
 
 from ...data.common import write_uint16_png
-from .drawing import APPEARANCE, STUFF, paint, polygon_box, render_objects, sample_object, stuff_polygons
+from .drawing import (
+    APPEARANCE,
+    STUFF,
+    paint,
+    polygon_box,
+    render_objects,
+    sample_object,
+    stuff_polygons,
+)
 
 __all__ = ["make_cityscapes", "make_cityscapes_parallel"]
 
 _CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt"], "test": ["berlin"]}
 
 
-def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
-                    objects_per_image=(3, 7), group_prob=0.25, cities=None):
+def make_cityscapes(
+    root,
+    splits=None,
+    size=(512, 256),
+    classes=None,
+    seed=0,
+    objects_per_image=(3, 7),
+    group_prob=0.25,
+    cities=None,
+):
     """Write a synthetic Cityscapes (gtFine) dataset under ``<root>/cityscapes``.
 
     Args:
@@ -59,8 +76,9 @@ def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
                 objects.append({"label": name + "group", "polygon": poly})
                 layers.append((poly, APPEARANCE[name][1]))
             lo, hi = objects_per_image
-            for name, poly in render_objects(rng, size, classes, int(rng.integers(lo, hi + 1)),
-                                             allow_overlap=True):
+            for name, poly in render_objects(
+                rng, size, classes, int(rng.integers(lo, hi + 1)), allow_overlap=True
+            ):
                 objects.append({"label": name, "polygon": poly})
                 layers.append((poly, APPEARANCE[name][1]))
                 if name == "car" and rng.random() < 0.5:  # label id -1: never drawn
@@ -81,8 +99,12 @@ def make_cityscapes(root, splits=None, size=(512, 256), classes=None, seed=0,
                 os.path.join(gt_dir, stem + "_gtFine_instanceIds.png"),
                 np.asarray(createInstanceImage(annotation, "ids")),
             )
-            createLabelImage(annotation, "ids").save(os.path.join(gt_dir, stem + "_gtFine_labelIds.png"))
-            createLabelImage(annotation, "color").save(os.path.join(gt_dir, stem + "_gtFine_color.png"))
+            createLabelImage(annotation, "ids").save(
+                os.path.join(gt_dir, stem + "_gtFine_labelIds.png")
+            )
+            createLabelImage(annotation, "color").save(
+                os.path.join(gt_dir, stem + "_gtFine_color.png")
+            )
             written[split].append(image_path)
     return written
 
@@ -91,8 +113,9 @@ def _cityscapes_chunk(kwargs):
     return make_cityscapes(**kwargs)
 
 
-def make_cityscapes_parallel(root, split, count, size=(2048, 1024), seed=0, processes=None,
-                             objects_per_image=(16, 20)):
+def make_cityscapes_parallel(
+    root, split, count, size=(2048, 1024), seed=0, processes=None, objects_per_image=(16, 20)
+):
     """``make_cityscapes`` for one split with several processes: each writes its share of the
     images into its own city folder (``<split>NN``)."""
     import multiprocessing as mp
@@ -100,9 +123,16 @@ def make_cityscapes_parallel(root, split, count, size=(2048, 1024), seed=0, proc
     processes = max(1, min(processes or os.cpu_count() or 1, count))
     share = -(-count // processes)
     jobs = [
-        dict(root=root, splits={split: min(share, count - k * share)}, size=size, seed=seed + k,
-             objects_per_image=objects_per_image, cities=[f"{split}{k:02d}"])
-        for k in range(processes) if count - k * share > 0
+        dict(
+            root=root,
+            splits={split: min(share, count - k * share)},
+            size=size,
+            seed=seed + k,
+            objects_per_image=objects_per_image,
+            cities=[f"{split}{k:02d}"],
+        )
+        for k in range(processes)
+        if count - k * share > 0
     ]
     with mp.Pool(len(jobs)) as pool:
         pool.map(_cityscapes_chunk, jobs)

@@ -1,12 +1,21 @@
 """Drawing synthetic scenes: each object class has its own look (shape, colour, size), the same in
 every dataset, so a model trained on one format transfers to another by class name."""
+
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["APPEARANCE", "STUFF", "paint", "polygon_box", "render_objects", "sample_object",
-           "shape_polygon", "stuff_polygons"]
+__all__ = [
+    "APPEARANCE",
+    "STUFF",
+    "paint",
+    "polygon_box",
+    "render_objects",
+    "sample_object",
+    "shape_polygon",
+    "stuff_polygons",
+]
 
 # name: (shape, RGB colour, height range as a fraction of the image height, width / height)
 APPEARANCE = {
@@ -38,23 +47,44 @@ def shape_polygon(shape, cx, cy, w, h):
     elif shape == "rect":
         pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
     elif shape == "lshape":
-        pts = [(x0, y0 + h * 0.35), (cx + w * 0.15, y0 + h * 0.35), (cx + w * 0.15, y0),
-               (x1, y0), (x1, y1), (x0, y1)]
+        pts = [
+            (x0, y0 + h * 0.35),
+            (cx + w * 0.15, y0 + h * 0.35),
+            (cx + w * 0.15, y0),
+            (x1, y0),
+            (x1, y1),
+            (x0, y1),
+        ]
     elif shape == "diamond":
         pts = [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
     elif shape == "triangle":
         pts = [(cx, y0), (x1, y1), (x0, y1)]
     elif shape == "pentagon":
-        pts = [(cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
-               for t in np.linspace(-math.pi / 2, 1.5 * math.pi, 5, endpoint=False)]
+        pts = [
+            (cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
+            for t in np.linspace(-math.pi / 2, 1.5 * math.pi, 5, endpoint=False)
+        ]
     elif shape == "octagon":
-        pts = [(cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
-               for t in np.linspace(math.pi / 8, 2.125 * math.pi, 8, endpoint=False)]
+        pts = [
+            (cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
+            for t in np.linspace(math.pi / 8, 2.125 * math.pi, 8, endpoint=False)
+        ]
     elif shape == "cross":
         a, b = w * 0.18, h * 0.2
-        pts = [(x0, cy - b), (cx - a, cy - b), (cx - a, y0), (cx + a, y0), (cx + a, cy - b),
-               (x1, cy - b), (x1, cy + b), (cx + a, cy + b), (cx + a, y1), (cx - a, y1),
-               (cx - a, cy + b), (x0, cy + b)]
+        pts = [
+            (x0, cy - b),
+            (cx - a, cy - b),
+            (cx - a, y0),
+            (cx + a, y0),
+            (cx + a, cy - b),
+            (x1, cy - b),
+            (x1, cy + b),
+            (cx + a, cy + b),
+            (cx + a, y1),
+            (cx - a, y1),
+            (cx - a, cy + b),
+            (x0, cy + b),
+        ]
     else:
         raise ValueError(f"unknown shape {shape}")
     return [[int(round(x)), int(round(y))] for x, y in pts]
@@ -106,6 +136,7 @@ def paint(rng, size, layers):
     arr = np.asarray(image).astype(np.int16)
     arr = arr + rng.normal(0, 6, size=arr.shape).astype(np.int16)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
 
 def stuff_polygons(rng, width, height):
     horizon = int(height * rng.uniform(0.3, 0.4))

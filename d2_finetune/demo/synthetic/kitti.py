@@ -1,4 +1,5 @@
 """A synthetic KITTI 2D object set: images and labels with all 15 fields, consistent in 3D."""
+
 import math
 import os
 
@@ -11,8 +12,14 @@ __all__ = ["KITTI_LOOKS", "make_kitti"]
 
 # KITTI types drawn like the nearest COCO / Cityscapes class.
 KITTI_LOOKS = {
-    "Car": "car", "Van": "car", "Truck": "truck", "Pedestrian": "person",
-    "Person_sitting": "person", "Cyclist": "rider", "Tram": "train", "Misc": "stop sign",
+    "Car": "car",
+    "Van": "car",
+    "Truck": "truck",
+    "Pedestrian": "person",
+    "Person_sitting": "person",
+    "Cyclist": "rider",
+    "Tram": "train",
+    "Misc": "stop sign",
 }
 
 _KITTI_OBJECTS = {
@@ -69,7 +76,7 @@ def _kitti_frame(rng, size):
         drawer.polygon([tuple(p) for p in polygon], fill=index)
     ids = np.asarray(canvas)
     lines = []
-    for index, ((z, kind, _, cx, cy, w, h, dims), polygon) in enumerate(zip(objects, polygons), 1):
+    for index, ((z, kind, _, cx, cy, _w, h, dims), polygon) in enumerate(zip(objects, polygons), 1):
         alone = Image.new("L", size, 0)
         ImageDraw.Draw(alone).polygon([tuple(p) for p in polygon], fill=1)
         own = int(np.asarray(alone).sum())
@@ -86,8 +93,11 @@ def _kitti_frame(rng, size):
         y = (cy + h / 2 - height * 0.46) * z / focal
         rotation_y = float(rng.uniform(-math.pi, math.pi))
         alpha = _wrap_angle(rotation_y - math.atan2(x, z))
-        lines.append(_kitti_line(kind, max(truncated, 0.0), occluded, alpha, box, dims,
-                                 (x, y, z), rotation_y))
+        lines.append(
+            _kitti_line(
+                kind, max(truncated, 0.0), occluded, alpha, box, dims, (x, y, z), rotation_y
+            )
+        )
     if rng.random() < 0.5:
         w, h = width * rng.uniform(0.06, 0.15), height * rng.uniform(0.05, 0.09)
         x0 = rng.uniform(0, width - w)
@@ -97,8 +107,10 @@ def _kitti_frame(rng, size):
             fx = rng.uniform(x0 + fw / 2, x0 + w - fw / 2)
             fy = rng.uniform(y0 + fh / 2, y0 + h - fh / 2)
             layers.append((shape_polygon("rect", fx, fy, fw, fh), APPEARANCE["car"][1]))
-        lines.append("DontCare -1 -1 -10 %.2f %.2f %.2f %.2f -1 -1 -1 -1000 -1000 -1000 -10"
-                     % (x0, y0, x0 + w, y0 + h))
+        lines.append(
+            "DontCare -1 -1 -10 %.2f %.2f %.2f %.2f -1 -1 -1 -1000 -1000 -1000 -10"
+            % (x0, y0, x0 + w, y0 + h)
+        )
     return layers, lines
 
 

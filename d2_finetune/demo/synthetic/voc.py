@@ -1,4 +1,5 @@
 """A synthetic Pascal VOC (VOCdevkit layout: XML annotations, image sets, JPEG images)."""
+
 import os
 import xml.etree.ElementTree as ET
 
@@ -10,8 +11,14 @@ __all__ = ["VOC_LOOKS", "make_voc"]
 
 # Pascal VOC classes drawn like the COCO class of the same thing (those without one are absent).
 VOC_LOOKS = {
-    "aeroplane": "airplane", "bicycle": "bicycle", "bus": "bus", "car": "car", "dog": "dog",
-    "motorbike": "motorcycle", "person": "person", "train": "train",
+    "aeroplane": "airplane",
+    "bicycle": "bicycle",
+    "bus": "bus",
+    "car": "car",
+    "dog": "dog",
+    "motorbike": "motorcycle",
+    "person": "person",
+    "train": "train",
 }
 
 
@@ -48,8 +55,16 @@ def _voc_xml(folder, file_name, size, objects):
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def make_voc(root, splits=None, year=2007, size=(320, 240), classes=None, seed=0,
-             objects_per_image=(1, 4), difficult_prob=0.15):
+def make_voc(
+    root,
+    splits=None,
+    year=2007,
+    size=(320, 240),
+    classes=None,
+    seed=0,
+    objects_per_image=(1, 4),
+    difficult_prob=0.15,
+):
     """Write a synthetic Pascal VOC year under ``<root>/VOCdevkit/VOC<year>/``.
 
     ``Annotations/<id>.xml`` (1-based inclusive boxes, ``difficult`` flags),
@@ -84,17 +99,24 @@ def make_voc(root, splits=None, year=2007, size=(320, 240), classes=None, seed=0
             counter += 1
             image_id = f"{counter:06d}" if year == 2007 else f"{year}_{counter:06d}"
             lo, hi = objects_per_image
-            placed = render_objects(rng, size, [VOC_LOOKS[c] for c in classes],
-                                    int(rng.integers(lo, hi + 1)), allow_overlap=False,
-                                    horizon_frac=0.0)
+            placed = render_objects(
+                rng,
+                size,
+                [VOC_LOOKS[c] for c in classes],
+                int(rng.integers(lo, hi + 1)),
+                allow_overlap=False,
+                horizon_frac=0.0,
+            )
             look_to_voc = {VOC_LOOKS[c]: c for c in classes}
             background = [[0, 0], [width, 0], [width, height], [0, height]]
             tint = tuple(int(v) for v in rng.integers(60, 140, size=3))
             layers = [(background, tint)] + [(p, APPEARANCE[n][1]) for n, p in placed]
             image = paint(rng, size, layers)
             image.save(os.path.join(base, "JPEGImages", image_id + ".jpg"), quality=95)
-            objects = [(look_to_voc[n], _jpeg_box(p, width, height), rng.random() < difficult_prob)
-                       for n, p in placed]
+            objects = [
+                (look_to_voc[n], _jpeg_box(p, width, height), rng.random() < difficult_prob)
+                for n, p in placed
+            ]
             with open(os.path.join(base, "Annotations", image_id + ".xml"), "w") as f:
                 f.write(_voc_xml(folder, image_id + ".jpg", size, objects))
             flags = {}
