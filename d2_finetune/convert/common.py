@@ -171,6 +171,10 @@ class Requirements:
     rounded_anchors: bool
     config: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
+        object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
+
     def to_dict(self):
         d = asdict(self)
         d["pixel_mean"], d["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
@@ -178,7 +182,7 @@ class Requirements:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**d)
 
 
 MSRA = Requirements("Detectron2 / MSRA (caffe-style) R50", "BGR", tuple(BGR_MEAN),

@@ -19,6 +19,7 @@ classifier's background last, no background rows in ``fc_reg`` and ``conv_logits
 heads have background first in all three, which is moved (``fc_cls``) or dropped.
 """
 import re
+from dataclasses import replace
 
 from .common import MSRA, PYTORCH_RGB, Requirements, convert_resnet, resnet_layout
 from ..errors import CheckpointError
@@ -121,11 +122,10 @@ def read_meta(meta):
 
 def _requirements(meta_facts, source):
     style = meta_facts["style"] or "pytorch"
-    req = MSRA if style == "caffe" else PYTORCH_RGB
     if style == "caffe":
-        req = Requirements(**dict(req.to_dict(), name="MMDetection caffe-style R50 (MSRA)"))
+        req = replace(MSRA, name="MMDetection caffe-style R50 (MSRA)")
     else:
-        req = Requirements(**dict(req.to_dict(), name="MMDetection pytorch-style R50"))
+        req = replace(PYTORCH_RGB, name="MMDetection pytorch-style R50")
     mean, std, to_rgb = meta_facts["mean"], meta_facts["std"], meta_facts["to_rgb"]
     channel = None if to_rgb is None else ("RGB" if to_rgb else "BGR")
     stated = {"mean": mean, "std": std, "channel order": channel}
