@@ -336,17 +336,14 @@ def mmdet_installed():
         return import_mmdet()
     except ImportError as e:
         pytest.skip(f"MMDetection is not installed ({e}); pip install mmengine==0.10.7 "
-                    "mmdet==3.3.0 mmcv-lite==2.1.0 (see docs/checkpoints.md)")
+                    "mmdet==3.3.0 mmcv-lite==2.1.0, or mmdet==2.28.2 mmcv==1.7.2 (see "
+                    "docs/checkpoints.md)")
 
 
 def test_layout_is_mmdetections_own(mmdet_installed):
-    from mmengine.config import Config
-    from mmdet.registry import MODELS
+    from d2_finetune.convert.mmdet_parity import mmdet_model
 
-    from d2_finetune.convert.mmdet_parity import CONFIGS
-
-    path = os.path.join(os.path.dirname(mmdet_installed.__file__), ".mim", CONFIGS["pytorch"])
-    model = MODELS.build(Config.fromfile(path).model)
+    model, _ = mmdet_model("pytorch")
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert theirs == mmdet_layout()
 
@@ -355,16 +352,14 @@ def test_layout_is_mmdetections_own(mmdet_installed):
 def mmdet_pair(request, mmdet_installed):
     """MMDetection's randomised Mask R-CNN of one ResNet style, its checkpoint as MMDetection
     saves it, and the Detectron2 model of the config the conversion names, loaded."""
-    from d2_finetune.convert.mmdet_parity import build_mmdet_maskrcnn
+    from d2_finetune.convert.mmdet_parity import build_mmdet_maskrcnn, mmdet_checkpoint
     from d2_finetune.convert.parity import synthetic_images
 
     images = synthetic_images(2, 192, 256, seed=0)
     mm_model, cfg_text = build_mmdet_maskrcnn([im.flip(0) for im in images], seed=0,
                                               style=request.param, max_per_img=10)
-    checkpoint = {"meta": {"mmdet_version": mmdet_installed.__version__, "cfg": cfg_text,
-                           "dataset_meta": {"classes": tuple(COCO)}},
-                  "state_dict": mm_model.state_dict()}
-    converted, info = convert(checkpoint, "mmdet.pth")
+    converted, info = convert(mmdet_checkpoint(mm_model, cfg_text, COCO), "mmdet.pth")
+    assert info["thing_classes"] == COCO
     model = d2_model(os.path.join(REPO, info["config"]), 80,
                      "model.roi_heads.box_predictor.test_topk_per_image=10",
                      "model.proposal_generator.post_nms_topk=[1000,300]")

@@ -25,7 +25,7 @@ from d2_finetune.convert.common import TORCHVISION, Requirements, coco_ids_and_n
 from d2_finetune.convert.modeling import RoundedAnchorGenerator
 from d2_finetune.convert.parity import (
     paste_difference,
-    randomize,
+    random_torchvision_maskrcnn,
     synthetic_images,
     torchvision_detections,
     torchvision_parity,
@@ -49,13 +49,6 @@ H, W = 192, 256
 PROPOSALS, TOPK = 300, 10
 
 
-def tv_model(**kwargs):
-    torch.manual_seed(0)
-    return torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=H, max_size=W,
-        rpn_post_nms_top_n_test=PROPOSALS, box_detections_per_img=TOPK, **kwargs).eval()
-
-
 def d2_model(config=TV_CONFIG, num_classes=80, *overrides):
     cfg = load_config(config, [f"model.roi_heads.num_classes={num_classes}",
                                f"model.roi_heads.box_predictor.test_topk_per_image={TOPK}",
@@ -72,10 +65,8 @@ def images():
 @pytest.fixture(scope="module")
 def source(images):
     """The randomised torchvision model, its state dict and its conversion."""
-    model = tv_model()
-    normalised = [im.float() / 255 for im in images]
-    randomize(model, lambda: model.backbone(model.transform(normalised)[0].tensors), seed=0,
-              logit_layers={"rpn.head.bbox_pred": 0.1, "roi_heads.box_predictor.bbox_pred": 0.2})
+    model = random_torchvision_maskrcnn(images, seed=0, rpn_post_nms_top_n_test=PROPOSALS,
+                                        box_detections_per_img=TOPK)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     converted, info = convert(state, "tv.pth")
     return model, state, converted, info

@@ -15,7 +15,8 @@ from torch import nn
 
 from detectron2.structures import Boxes
 
-__all__ = ["compare", "match_detections", "paste_difference", "randomize", "set_diff",
+__all__ = ["compare", "match_detections", "paste_difference", "random_torchvision_maskrcnn",
+           "randomize", "set_diff",
            "smooth_masks", "synthetic_images", "torchvision_detections", "torchvision_parity",
            "worst"]
 
@@ -49,6 +50,30 @@ def randomize(model, run_backbone, seed, logit_layers=(), scale=1.0):
     modules = dict(model.named_modules())
     for name, factor in dict(logit_layers).items():
         modules[name].weight.mul_(factor * scale)
+    return model
+
+
+# Factors that bring torchvision's default-initialised box regressors to a trained model's
+# range (RPN deltas ~0.15, box deltas ~0.6 standard deviation): boxes stay near their anchors
+# and proposals instead of mostly clipping to the image border.
+TORCHVISION_LOGIT_SCALES = {"rpn.head.bbox_pred": 0.1, "roi_heads.box_predictor.bbox_pred": 0.2}
+
+
+def random_torchvision_maskrcnn(images, seed=0, **kwargs):
+    """torchvision's ``maskrcnn_resnet50_fpn`` (v1, ``weights=None, weights_backbone=None``)
+    with seeded random weights (:func:`randomize` on ``images``), in eval mode, sized not to
+    resize ``images`` (``min_size``/``max_size`` = their sides); ``kwargs`` go to the
+    constructor."""
+    import torchvision
+
+    height, width = images[0].shape[1:]
+    torch.manual_seed(seed)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min(height, width),
+        max_size=max(height, width), **kwargs).eval()
+    normalised = [im.float() / 255 for im in images]
+    randomize(model, lambda: model.backbone(model.transform(normalised)[0].tensors), seed,
+              logit_layers=TORCHVISION_LOGIT_SCALES)
     return model
 
 
