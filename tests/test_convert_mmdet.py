@@ -164,6 +164,12 @@ def test_every_key_lands_on_its_detectron2_name(mm_state, model_shapes):
     assert info["notes"] == []
 
 
+def test_faster_rcnn_converts_without_mask_head():
+    converted, info = convert({"state_dict": random_state(mmdet_layout(masks=False))})
+    assert info["format"].startswith("MMDetection Faster R-CNN R50-FPN")
+    assert not any(k.startswith("roi_heads.mask_head") for k in converted)
+
+
 def test_mmdet3_meta_bare_state_dicts_and_dataparallel_prefixes(mm_state):
     v3 = {"meta": {"mmengine_version": "0.10.7", "dataset_meta": {"classes": tuple(COCO)},
                    "cfg": PYTORCH_CFG}, "state_dict": mm_state}

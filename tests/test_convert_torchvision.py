@@ -281,6 +281,12 @@ def test_script_writes_the_model_zoo_file_and_the_transfer_starts_cityscapes_cla
     assert recorded["format"] == "torchvision maskrcnn_resnet50_fpn (v1)"
     assert recorded["file"] == "maskrcnn.pth" and len(recorded["sha256"]) == 64
     assert all(type(v).__module__ == "numpy" for v in saved["model"].values())
+    # Read back, the file gives its record, and the record stops a wrong config.
+    assert detect_source(saved) == "detectron2"
+    _, info = convert(saved, str(dst))
+    assert info == recorded
+    with pytest.raises(CheckpointError, match="Use configs/cityscapes_ft_from_torchvision.py"):
+        check_model(d2_model(RECIPE), Requirements.from_dict(info["requires"]), str(dst))
 
     # The checkpointer's class-aware transfer by name: 7 Cityscapes classes from their COCO
     # rows (torchvision row = COCO id), rider fresh.
@@ -345,6 +351,41 @@ def test_bad_input_is_refused_by_name(source, make, message):
     assert message in str(e.value)
     assert "supported" in str(e.value).lower() or "Other architectures" in str(e.value) \
         or "incomplete" in str(e.value)
+
+
+def test_faster_rcnn_converts_without_mask_head():
+    torch.manual_seed(0)
+    state = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None).state_dict()
+    converted, info = convert(state)
+    assert info["format"] == "torchvision fasterrcnn_resnet50_fpn (v1)"
+    assert not any(k.startswith("roi_heads.mask_head") for k in converted)
+    assert converted["roi_heads.box_predictor.cls_score.weight"].shape == (81, 1024)
+
+
+def test_files_that_would_run_code_or_are_not_torch_files_are_refused(tmp_path):
+    """torchvision's reference training scripts save their argparse.Namespace with the
+    weights; torch.load(weights_only=True) refuses it, and nothing is executed."""
+    import argparse
+
+    from d2_finetune.convert.files import read_source
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.02)}, path)
+    with pytest.raises(CheckpointError) as e:
+        read_source(str(path))
+    assert f"{path}: refused to load: it asks for Python objects" in str(e.value)
+    assert "save model.state_dict() alone" in str(e.value)
+    pkl = tmp_path / "model_final.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {"w": 1}}, f)
+    with pytest.raises(CheckpointError, match="a Detectron2 model-zoo .pkl needs no conversion"):
+        read_source(str(pkl))
+    with pytest.raises(CheckpointError, match="Checkpoint not found"):
+        read_source(str(tmp_path / "missing.pth"))
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_source(str(legacy))["w"], torch.ones(2))
 
 
 def test_script_reports_bad_input_in_one_line(tmp_path, capsys):

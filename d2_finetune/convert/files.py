@@ -10,6 +10,7 @@ source file's name and sha256) holds only strings, numbers, lists and dicts.
 import hashlib
 import os
 import pickle
+import zipfile
 
 import torch
 
@@ -32,6 +33,11 @@ def read_source(path):
     tensors, numbers, strings and containers only; nothing in the file is executed."""
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}.")
+    if not zipfile.is_zipfile(path) and not _legacy_torch_file(path):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint but a plain pickle: a Detectron2 model-zoo "
+            ".pkl needs no conversion (set train.init_checkpoint to it)."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -51,6 +57,20 @@ def read_source(path):
             f"{path} is not a readable PyTorch checkpoint (truncated, corrupt, or a "
             f"Detectron2 .pkl, which needs no conversion): {detail}."
         ) from e
+
+
+class _NothingUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+
+def _legacy_torch_file(path):
+    """Whether ``path`` is in PyTorch's pre-1.6 format: a pickled magic number comes first."""
+    try:
+        with open(path, "rb") as f:
+            return _NothingUnpickler(f).load() == torch.serialization.MAGIC_NUMBER
+    except Exception:  # anything else: not that format
+        return False
 
 
 def write_model_zoo_pkl(path, state, info):
