@@ -330,11 +330,11 @@ def _resnet101(state):
 @pytest.mark.parametrize("make, message", [
     (lambda s: torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
         weights=None, weights_backbone=None).state_dict(),
-     "holds torchvision maskrcnn_resnet50_fpn_v2 (BatchNorm in the FPN and heads"),
-    (_resnet101, "holds torchvision maskrcnn with a ResNet-101 FPN backbone; supported: Mask "
+     "holds torchvision's maskrcnn_resnet50_fpn_v2 (BatchNorm in the FPN and heads"),
+    (_resnet101, "holds a torchvision maskrcnn with a ResNet-101 FPN backbone; supported: Mask "
                  "R-CNN / Faster R-CNN with a ResNet-50 FPN backbone"),
     (lambda s: _state_with(s, **{"roi_heads.keypoint_head.0.0.weight": torch.zeros(1)}),
-     "holds torchvision a Keypoint R-CNN"),
+     "holds a torchvision Keypoint R-CNN"),
     (lambda s: _state_with(s, **{"roi_heads.extra.weight": torch.zeros(1)}),
      "has tensors that model does not have: roi_heads.extra.weight"),
     (lambda s: _state_with(s, **{"backbone.fpn.layer_blocks.2.0.weight": None}),

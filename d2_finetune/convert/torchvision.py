@@ -47,11 +47,12 @@ MASK = "roi_heads.mask_predictor.mask_fcn_logits"
 
 # Keys only other torchvision detectors have: (what they are, a key that shows it).
 _OTHER_MODELS = (
-    ("maskrcnn_resnet50_fpn_v2 (BatchNorm in the FPN and heads, a 4-conv box head)",
+    ("torchvision's maskrcnn_resnet50_fpn_v2 (BatchNorm in the FPN and heads, a 4-conv box "
+     "head)",
      ("roi_heads.box_head.0.0.weight", "rpn.head.conv.1.0.weight",
       "backbone.fpn.inner_blocks.0.1.weight")),
-    ("a Keypoint R-CNN", ("roi_heads.keypoint_head.0.0.weight",
-                          "roi_heads.keypoint_head.conv_fcn1.weight")),
+    ("a torchvision Keypoint R-CNN",
+     ("roi_heads.keypoint_head.0.0.weight", "roi_heads.keypoint_head.conv_fcn1.weight")),
 )
 
 
@@ -66,12 +67,12 @@ def torchvision_variant(state):
     """The torchvision model ``state`` is from, as words, and whether it is supported."""
     for name, keys in _OTHER_MODELS:
         if any(k in state for k in keys):
-            return f"torchvision {name}", False
+            return name, False
     backbone, _ = resnet_layout(state, "backbone.body.")
     masks = any(k.startswith("roi_heads.mask_predictor.") for k in state)
     kind = "maskrcnn" if masks else "fasterrcnn"
     if backbone != "ResNet-50":
-        return f"torchvision {kind} with a {backbone} FPN backbone", False
+        return f"a torchvision {kind} with a {backbone} FPN backbone", False
     return f"torchvision {kind}_resnet50_fpn (v1)", True
 
 
