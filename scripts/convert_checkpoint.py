@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Convert a torchvision or MMDetection COCO Mask R-CNN R50-FPN checkpoint to Detectron2's
+model-zoo format, and print the config it needs.
+
+    python scripts/convert_checkpoint.py SRC.pth DST.pkl
+
+SRC: a torchvision ``maskrcnn_resnet50_fpn`` (v1) state dict, or an MMDetection checkpoint
+(``{"meta", "state_dict"}``). DST.pkl holds ``{"model": {name: array}, "__author__",
+"thing_classes", "converted_from"}`` (what it was converted from: format, sha256, class
+order, the settings the weights need). Start a run from it with the printed config:
+
+    python scripts/train_net.py --config-file configs/cityscapes_ft_from_torchvision.py \
+        train.init_checkpoint=DST.pkl
+
+Details: docs/checkpoints.md.
+"""
+import argparse
+import sys
+
+from d2_finetune.convert.files import convert_file, summary
+from d2_finetune.errors import UserError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="torchvision or MMDetection checkpoint (.pth)")
+    parser.add_argument("dst", help="output file in Detectron2's model-zoo format (.pkl)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        info = convert_file(args.src, args.dst)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    print(summary(info, args.dst))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
