@@ -1,7 +1,7 @@
 # The Cityscapes recipe (configs/cityscapes_ft.py) started from torchvision's COCO Mask R-CNN
 # (maskrcnn_resnet50_fpn, v1), converted by scripts/convert_checkpoint.py. Each line below
 # makes the model compute what torchvision's did; docs/checkpoints.md has the details.
-from d2_finetune.convert.modeling import RoundedAnchorGenerator
+from d2_finetune.modeling import RoundedAnchorGenerator
 
 from .cityscapes_ft import dataloader, lr_multiplier, model, optimizer, train
 

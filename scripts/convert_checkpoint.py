@@ -14,11 +14,11 @@ order, the settings the weights need). Start a run from it with the printed conf
 
 Details: docs/checkpoints.md.
 """
-import argparse
-import sys
 
-from d2_finetune.convert.files import convert_file, summary
-from d2_finetune.errors import UserError
+import argparse
+
+from d2_finetune.checkpoint.convert.files import convert_file, summary
+from d2_finetune.engine import user_errors
 
 
 def main(argv=None):
@@ -27,16 +27,10 @@ def main(argv=None):
     parser.add_argument("dst", help="output file in Detectron2's model-zoo format (.pkl)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
+    with user_errors(args.debug):
         info = convert_file(args.src, args.dst)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    print(summary(info, args.dst))
-    return 0
+        print(summary(info, args.dst))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

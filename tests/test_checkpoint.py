@@ -251,6 +251,49 @@ def test_invalid_class_map_setting(class_map):
         FinetuneCheckpointer(nn.Linear(2, 2), class_map=class_map)
 
 
+def test_class_init_starts_a_new_class_from_a_related_one(coco):
+    model = build()
+    before = snapshot(model)
+    report = FinetuneCheckpointer(model, target_classes=CITY, class_init={"rider": "person"}).load(
+        coco["pkl"]
+    )
+    assert report["class_map"] == {**EXPECTED, "rider": "person"}
+    assert_transplanted(model, before, coco["state"], {**EXPECTED, "rider": "person"})
+    assert fresh_tensors(report) == []  # no row of the head is left at random
+
+
+@pytest.mark.parametrize(
+    "class_init,message",
+    [
+        (
+            {"car": "truck"},
+            r"train\.class_init=\{'car': 'truck'\}: car already starts from the "
+            r"checkpoint's car; class_init is for classes the checkpoint has no "
+            r"counterpart of \(train\.class_map changes a match\)\.",
+        ),
+        (
+            {"rider": "unicorn"},
+            r"train\.class_init=\{'rider': 'unicorn'\}: \['unicorn'\] are not "
+            r"classes of the checkpoint",
+        ),
+        ({"cyclist": "person"}, r"\['cyclist'\] are not classes of the model"),
+    ],
+)
+def test_class_init_that_cannot_be(coco, class_init, message):
+    with pytest.raises(ConfigError, match=message):
+        FinetuneCheckpointer(build(), target_classes=CITY, class_init=class_init).load(coco["pkl"])
+
+
+@pytest.mark.parametrize("class_init", ["person", ["rider"], {"rider": None}])
+def test_invalid_class_init_setting(class_init):
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.class_init must be a dict \{new class: "
+        r"checkpoint class\}, e\.g\. \{rider: person\}",
+    ):
+        FinetuneCheckpointer(build(), class_init=class_init)
+
+
 def test_model_class_count_must_match_the_data(coco):
     with pytest.raises(ConfigError, match=r"8 classes .* predicts 80: set model.roi_heads.num_cl"):
         FinetuneCheckpointer(build("model.roi_heads.num_classes=80"), target_classes=CITY).load(
@@ -678,6 +721,10 @@ def test_the_checkpointer_is_built_from_the_config(tiny_cfg):
     assert checkpointer.class_map == {"rider": "person"} and checkpointer.strict is False
     cfg = tiny_cfg(**{"train.class_map": None})
     assert build_checkpointer(cfg, nn.Linear(2, 2)).class_map is None
+    cfg = tiny_cfg()
+    cfg.train.class_init = {"rider": "person"}
+    checkpointer = build_checkpointer(cfg, nn.Linear(2, 2))
+    assert checkpointer.class_init == {"rider": "person"} and checkpointer.image_format == "BGR"
 
 
 def test_eval_only_guard(coco, tiny_cfg, tmp_path, monkeypatch):

@@ -39,3 +39,30 @@ def test_retag_wheel_rewrites_name_tag_and_record(tmp_path):
     assert "" not in lines  # a blank line would end the header block
     digest = base64.urlsafe_b64encode(hashlib.sha256(wheel).digest()).rstrip(b"=").decode()
     assert f"pkg-1.0.dist-info/WHEEL,sha256={digest},{len(wheel)}" in record
+
+
+def test_pip_check_accepts_only_the_opencv_stand_in(monkeypatch):
+    """mmengine and mmcv-lite declare opencv-python, whose cv2 opencv-python-headless provides:
+    that complaint of pip check is accepted, any other stops the install."""
+    import subprocess
+
+    import pytest
+
+    setup_env = load_setup_env()
+    opencv = (
+        "mmengine 0.10.7 requires opencv-python, which is not installed.\n"
+        "mmcv-lite 2.1.0 requires opencv-python, which is not installed.\n"
+    )
+    outputs = iter([opencv, opencv + "foo 1.0 has requirement bar>=2, but you have bar 1.0.\n"])
+
+    def fake_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, next(outputs), "")
+
+    monkeypatch.setattr(setup_env.subprocess, "run", fake_run)
+    setup_env.check_requirements()
+    with pytest.raises(
+        SystemExit,
+        match=r"pip check found broken requirements: foo 1\.0 has "
+        r"requirement bar>=2, but you have bar 1\.0\.$",
+    ):
+        setup_env.check_requirements()

@@ -7,6 +7,8 @@ train = dict(
     output_dir="./output",
     init_checkpoint="",  # weights to start from: a local file or a detectron2:// / https:// URL
     class_map="auto",  # classes start from same-named checkpoint classes; or {target: source}, None
+    # Classes the checkpoint has no counterpart of may start from a related one: {rider: person}.
+    class_init=None,
     strict_transfer=True,  # any mismatch outside the class-dependent layers is an error
     max_iter=None,  # the schedule's length in iterations, or give train.epochs (below)
     eval_period=5000,  # iterations (or "N epochs") between evaluations; 0: only at the end

@@ -17,7 +17,8 @@ from fvcore.common.checkpoint import Checkpointer, _IncompatibleKeys, _strip_pre
 
 from ..errors import CheckpointError
 from ..fileio import PARTIAL_SUFFIX, atomic_write
-from .classes import check_class_map
+from .classes import check_class_init, check_class_map
+from .convert import CONVERTED_FROM_KEY, Requirements, check_model
 from .files import local_checkpoint_file, read_checkpoint, sha256
 from .plan import CLASS_NAMES_KEY, make_plan
 from .report import (
@@ -70,6 +71,8 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         target_classes=None,
         class_map="auto",
         class_synonyms=None,
+        class_init=None,
+        image_format=None,
         strict=True,
         record_name="transfer.json",
         **checkpointables,
@@ -79,6 +82,8 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         self.target_classes = list(target_classes) if target_classes is not None else None
         self.class_map = check_class_map(class_map)
         self.class_synonyms = dict(class_synonyms or {})
+        self.class_init = check_class_init(class_init)
+        self.image_format = image_format
         self.strict = strict
         self.report = None
         self._resuming = False
@@ -162,6 +167,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
             "sha256": sha256(filename),
             "format": fmt,
             "author": checkpoint.get("__author__"),
+            "converted_from": checkpoint.get(CONVERTED_FROM_KEY),
         }
         return checkpoint
 
@@ -175,6 +181,16 @@ class FinetuneCheckpointer(DetectionCheckpointer):
                 c2_conversion=checkpoint.get("__author__") == "Caffe2",
             )
         names = checkpoint.pop(CLASS_NAMES_KEY, None)
+        converted = checkpoint.pop(CONVERTED_FROM_KEY, None)
+        if converted and converted.get("requires") and not self._resuming:
+            # Weights converted from torchvision or MMDetection need the model settings they
+            # were trained with (input format and normalisation, ResNet stride, RoIAlign, ...).
+            check_model(
+                self.model,
+                Requirements.from_dict(converted["requires"]),
+                self._file_info["local_path"],
+                image_format=self.image_format,
+            )
         plan = make_plan(
             self.model,
             state,
@@ -182,6 +198,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
             target_classes=self.target_classes,
             class_map=self.class_map,
             synonyms=self.class_synonyms,
+            class_init=self.class_init,
             filename=self._file_info["local_path"],
         )
         report = make_report(
@@ -191,6 +208,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
             resumed=self._resuming,
             strict=self.strict,
             class_map=self.class_map,
+            class_init=self.class_init,
             target_classes=self.target_classes,
         )
         self._check(plan, report)

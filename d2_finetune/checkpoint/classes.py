@@ -14,6 +14,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "check_class_count",
+    "check_class_init",
     "check_class_map",
     "coco_thing_classes",
     "match_classes",
@@ -37,7 +38,7 @@ def _canonical(name, synonyms):
     return normalize_class_name(synonyms.get(name, name))
 
 
-def match_classes(target_classes, source_classes, class_map="auto", synonyms=None):
+def match_classes(target_classes, source_classes, class_map="auto", synonyms=None, class_init=None):
     """For each target class, the index of the source class it starts from, or None.
 
     Args:
@@ -49,6 +50,9 @@ def match_classes(target_classes, source_classes, class_map="auto", synonyms=Non
             the other classes are matched automatically. ``None``: no class.
         synonyms (dict): ``{name: the name it stands for}`` (e.g. ``{"aeroplane": "airplane"}``),
             applied to the names of both sides.
+        class_init (dict): ``{target: source}`` for classes the checkpoint has no counterpart
+            of (``train.class_init``, e.g. Cityscapes' rider from COCO's person); naming a
+            class that already has a source is an error.
 
     Returns:
         list[int or None]: one entry per target class.
@@ -68,34 +72,50 @@ def match_classes(target_classes, source_classes, class_map="auto", synonyms=Non
         else:
             result.append(None)
     if isinstance(class_map, Mapping):
-        norm_target = [normalize_class_name(t) for t in target_classes]
-        bad_targets = [t for t in class_map if normalize_class_name(t) not in norm_target]
-        bad_sources = [
-            s
-            for s in class_map.values()
-            if s is not None and normalize_class_name(s) not in norm_source
-        ]
-        if bad_targets or bad_sources:
-            problems = []
-            if bad_targets:
-                problems.append(
-                    f"{bad_targets} are not classes of the model {list(target_classes)}"
-                )
-            if bad_sources:
-                problems.append(
-                    f"{bad_sources} are not classes of the checkpoint {list(source_classes)}"
-                )
-            raise ConfigError(
-                f"train.class_map={dict(class_map)}: "
-                + "; ".join(problems)
-                + ". Map {target class: checkpoint class}, names as in those lists."
-            )
-        for target, source in class_map.items():
-            index = norm_target.index(normalize_class_name(target))
-            if source is not None:
-                source = norm_source.index(normalize_class_name(source))
+        for index, source in _named(class_map, "train.class_map", target_classes, source_classes):
             result[index] = source
+    for index, source in _named(
+        class_init or {}, "train.class_init", target_classes, source_classes
+    ):
+        if result[index] is not None:
+            raise ConfigError(
+                f"train.class_init={dict(class_init)}: {target_classes[index]} already starts "
+                f"from the checkpoint's {source_classes[result[index]]}; class_init is for classes "
+                "the checkpoint has no counterpart of (train.class_map changes a match)."
+            )
+        result[index] = source
     return result
+
+
+def _named(mapping, key, target_classes, source_classes):
+    """(target index, source index or None) for each entry of ``mapping`` ``{target: source}``;
+    names that are not classes of the model or of the checkpoint are a ConfigError."""
+    norm_target = [normalize_class_name(t) for t in target_classes]
+    norm_source = [normalize_class_name(s) for s in source_classes]
+    bad_targets = [t for t in mapping if normalize_class_name(t) not in norm_target]
+    bad_sources = [
+        s for s in mapping.values() if s is not None and normalize_class_name(s) not in norm_source
+    ]
+    if bad_targets or bad_sources:
+        problems = []
+        if bad_targets:
+            problems.append(f"{bad_targets} are not classes of the model {list(target_classes)}")
+        if bad_sources:
+            problems.append(
+                f"{bad_sources} are not classes of the checkpoint {list(source_classes)}"
+            )
+        raise ConfigError(
+            f"{key}={dict(mapping)}: "
+            + "; ".join(problems)
+            + ". Map {target class: checkpoint class}, names as in those lists."
+        )
+    return [
+        (
+            norm_target.index(normalize_class_name(target)),
+            None if source is None else norm_source.index(normalize_class_name(source)),
+        )
+        for target, source in mapping.items()
+    ]
 
 
 def check_class_map(class_map):
@@ -104,14 +124,30 @@ def check_class_map(class_map):
         return None
     if class_map == "auto":
         return class_map
-    if isinstance(class_map, Mapping):
-        if all(
-            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in class_map.items()
-        ):
-            return dict(class_map)
+    if _is_name_map(class_map, allow_none=True):
+        return dict(class_map)
     raise ConfigError(
         f"train.class_map must be 'auto', None or a dict {{target class: checkpoint class}}, "
         f"got {class_map!r}."
+    )
+
+
+def check_class_init(class_init):
+    """``train.class_init`` as the checkpointer takes it: None or ``{new class: source class}``."""
+    if class_init is None or (isinstance(class_init, Mapping) and not class_init):
+        return None
+    if _is_name_map(class_init, allow_none=False):
+        return dict(class_init)
+    raise ConfigError(
+        f"train.class_init must be a dict {{new class: checkpoint class}}, e.g. {{rider: person}}, "
+        f"got {class_init!r}."
+    )
+
+
+def _is_name_map(value, allow_none):
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and (isinstance(v, str) or (allow_none and v is None))
+        for k, v in value.items()
     )
 
 

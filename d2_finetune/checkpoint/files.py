@@ -22,8 +22,17 @@ import torch
 from detectron2.utils.file_io import Detectron2Handler
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
+from .convert import CONVERTED_FROM_KEY, convert_if_foreign
+from .plan import CLASS_NAMES_KEY
 
-__all__ = ["local_checkpoint_file", "read_checkpoint", "sha256"]
+__all__ = [
+    "local_checkpoint_file",
+    "read_checkpoint",
+    "read_object",
+    "sha256",
+    "write_model_zoo_pkl",
+]
 
 
 # (module, name) of everything a pickle of numpy arrays, numbers, strings and containers needs.
@@ -90,7 +99,10 @@ def _torch_refusal(filename, error):
     return CheckpointError(
         f"{filename}: refused to load: the file asks for {what}, which a checkpoint never "
         "needs (torch.load(weights_only=True) admits tensors, numbers, strings and containers). "
-        "Nothing was executed. Load only checkpoints from a source you trust."
+        "Nothing was executed. Load only checkpoints from a source you trust. A training "
+        "checkpoint may hold optimizer or logging objects: keep only its weights (MMDetection's "
+        "tools/model_converters/publish_model.py keeps 'meta' and 'state_dict'; in torchvision, "
+        "save model.state_dict())."
     )
 
 
@@ -102,9 +114,10 @@ def _unreadable(filename, error):
     )
 
 
-def _read_objects(filename):
-    """The object in ``filename``: a PyTorch file through ``torch.load(weights_only=True)``,
-    any other pickle through :class:`_ArrayUnpickler`."""
+def read_object(filename):
+    """The object in ``filename`` and how it was stored (``"torch"`` or ``"pickle"``): a PyTorch
+    file through ``torch.load(weights_only=True)``, any other pickle through
+    :class:`_ArrayUnpickler`. Nothing in the file is executed."""
     if os.path.getsize(filename) == 0:
         raise CheckpointError(f"{filename} is empty: download or copy the checkpoint again.")
     if zipfile.is_zipfile(filename):
@@ -157,16 +170,27 @@ def read_checkpoint(filename):
     Returns:
         (dict, str): the checkpoint -- ``{"model": {name: tensor}, ...}`` plus the file's other
         entries, and ``"matching_heuristics": True`` for Caffe2 names -- and its format:
-        ``"detectron2 model-zoo pkl"``, ``"caffe2 pkl"``, ``"detectron2 pth"`` or
-        ``"state dict"``.
+        ``"detectron2 model-zoo pkl"``, ``"caffe2 pkl"``, ``"detectron2 pth"``, ``"state dict"``,
+        or, for torchvision and MMDetection checkpoints, converted to Detectron2's names and
+        class rows (:mod:`.convert`), theirs (the conversion's record under
+        ``"converted_from"``).
     """
-    obj, kind = _read_objects(filename)
+    obj, kind = read_object(filename)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{filename} is not a model checkpoint: it holds a {type(obj).__name__}, not a dict "
             "of weights."
         )
-    if "model" in obj:
+    converted = convert_if_foreign(obj, filename)
+    if converted is not None:  # torchvision or MMDetection weights, in Detectron2's names
+        state, info = converted
+        checkpoint = {
+            "model": state,
+            CLASS_NAMES_KEY: info["thing_classes"],
+            CONVERTED_FROM_KEY: info,
+        }
+        fmt = info["format"]
+    elif "model" in obj:
         checkpoint, state = dict(obj), obj["model"]
         fmt = "detectron2 model-zoo pkl" if kind == "pickle" else "detectron2 pth"
     elif kind == "pickle" and ("blobs" in obj or (obj and not any("." in str(k) for k in obj))):
@@ -234,3 +258,17 @@ def local_checkpoint_file(path, path_manager):
             "download it on a machine that has it, copy it here and set "
             f"train.init_checkpoint=/path/to/{name}."
         ) from e
+
+
+def write_model_zoo_pkl(path, state, author, **entries):
+    """Write ``state`` (``{name: tensor}``) in Detectron2's model-zoo format,
+    ``{"model": {name: numpy array}, "__author__": author, **entries}``, atomically. Detectron2's
+    own checkpointer loads it as any model-zoo file (it ignores extra entries such as
+    ``thing_classes``)."""
+    checkpoint = {
+        "model": {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()},
+        "__author__": author,
+        **entries,
+    }
+    atomic_write(path, lambda f: pickle.dump(checkpoint, f, protocol=4))
+    return checkpoint

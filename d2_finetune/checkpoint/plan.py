@@ -48,12 +48,14 @@ class TransferPlan:
     normalisation: list = field(default_factory=list)  # (buffer, checkpoint's, config's values)
 
 
-def make_plan(model, state, names, *, target_classes, class_map, synonyms, filename):
+def make_plan(
+    model, state, names, *, target_classes, class_map, synonyms, filename, class_init=None
+):
     """The plan of loading ``state`` (with class names ``names``, or None) into ``model``.
 
     Args:
         target_classes: the model's class names in head order, or None when unknown.
-        class_map, synonyms: see :func:`.classes.match_classes`.
+        class_map, synonyms, class_init: see :func:`.classes.match_classes`.
         filename: the checkpoint, for messages.
     """
     layers = class_layers(model)
@@ -64,7 +66,7 @@ def make_plan(model, state, names, *, target_classes, class_map, synonyms, filen
     if k_tgt is None and target_classes is not None:
         k_tgt = len(target_classes)
     source, source_from, k_src = _source_classes(state, names, layers, filename)
-    mapping, note = _mapping(target_classes, source, k_tgt, k_src, class_map, synonyms)
+    mapping, note = _mapping(target_classes, source, k_tgt, k_src, class_map, synonyms, class_init)
     plan = TransferPlan(
         num_classes=k_tgt,
         source_num_classes=k_src,
@@ -174,18 +176,21 @@ def _source_classes(state, names, layers, filename):
     return None, None, k_src
 
 
-def _mapping(target, source, k_tgt, k_src, class_map, synonyms):
+def _mapping(target, source, k_tgt, k_src, class_map, synonyms, class_init):
     """Source class index for each target class (None: fresh), and a note."""
     if class_map is None:
         return None, "class transplant disabled (class_map=None)"
     if k_tgt is None:
         return None, "the model has no class-dependent layers"
     if target is not None and source is not None:
-        return match_classes(target, source, class_map, synonyms), "by name"
-    if isinstance(class_map, dict):
+        return match_classes(target, source, class_map, synonyms, class_init), "by name"
+    named = {"train.class_map": class_map, "train.class_init": class_init}
+    named = {key: value for key, value in named.items() if isinstance(value, dict)}
+    if named:
+        key, value = next(iter(named.items()))
         missing = "the model's classes" if target is None else "the checkpoint's classes"
         raise ConfigError(
-            f"train.class_map={class_map} names classes, but {missing} are unknown "
+            f"{key}={value} names classes, but {missing} are unknown "
             "(the checkpoint has no thing_classes and its head is not COCO's 80 classes, "
             "or no training dataset gives the model's). Use train.class_map=auto or None."
         )

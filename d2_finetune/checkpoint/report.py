@@ -6,9 +6,12 @@ from tabulate import tabulate
 __all__ = ["describe_problems", "fresh_tensors", "make_report", "report_table"]
 
 
-def make_report(plan, *, source, file_info, resumed, strict, class_map, target_classes):
+def make_report(
+    plan, *, source, file_info, resumed, strict, class_map, target_classes, class_init=None
+):
     """The report of a load planned as ``plan`` (:class:`.plan.TransferPlan`): the file
-    (``file_info``: local path, sha256, format, author), the class map by name, and every tensor
+    (``file_info``: local path, sha256, format, author, and what it was converted from), the
+    class map by name, and every tensor
     loaded, transplanted (with its rows), re-initialised and ignored."""
     target = target_classes or [f"class {i}" for i in range(plan.num_classes or 0)]
     names = plan.source_classes
@@ -22,6 +25,7 @@ def make_report(plan, *, source, file_info, resumed, strict, class_map, target_c
         "resumed": resumed,
         "strict": strict,
         "class_map_setting": class_map,
+        "class_init_setting": class_init,
         "target_classes": target_classes,
         "source_classes": names,
         "source_classes_from": plan.source_classes_from,

@@ -14,7 +14,6 @@ No Cityscapes and no COCO weights can be downloaded here, so the demo makes hone
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checkpoint.files import write_model_zoo_pkl
 from ..data.loaders import build_train_loader
 from ..engine.resolve import prepare_config
 from ..engine.weights import load_for_inference
@@ -56,11 +56,10 @@ def save_model_zoo_pkl(pth_file, pkl_file, author):
     ``{"model": {name: numpy array}, "__author__": ...}``, keeping its ``thing_classes`` (the
     class names the transfer matches by)."""
     checkpoint = torch.load(pth_file, map_location="cpu", weights_only=True)
-    data = {"model": {k: v.numpy() for k, v in checkpoint["model"].items()}, "__author__": author}
+    entries = {}
     if "thing_classes" in checkpoint:
-        data["thing_classes"] = list(checkpoint["thing_classes"])
-    with open(pkl_file, "wb") as f:
-        pickle.dump(data, f)
+        entries["thing_classes"] = list(checkpoint["thing_classes"])
+    write_model_zoo_pkl(pkl_file, checkpoint["model"], author, **entries)
 
 
 def _banner(text):

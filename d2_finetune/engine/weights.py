@@ -11,8 +11,8 @@ __all__ = ["build_checkpointer", "load_for_inference"]
 
 def build_checkpointer(cfg, model, record_name="transfer.json", **checkpointables):
     """A :class:`FinetuneCheckpointer` for ``model`` with the config's transfer settings
-    (``train.class_map``, ``train.strict_transfer``) and the training data's class names and
-    synonyms, saving into ``train.output_dir``."""
+    (``train.class_map``, ``train.class_init``, ``train.strict_transfer``), the training data's
+    class names and synonyms and the images' channel order, saving into ``train.output_dir``."""
     metadata = training_metadata(cfg)
     classes = metadata.get("thing_classes") if metadata is not None else None
     return FinetuneCheckpointer(
@@ -21,6 +21,8 @@ def build_checkpointer(cfg, model, record_name="transfer.json", **checkpointable
         target_classes=list(classes) if classes is not None else None,
         class_map=cfg.train.get("class_map", "auto"),
         class_synonyms=metadata.get("class_synonyms") if metadata is not None else None,
+        class_init=cfg.train.get("class_init"),
+        image_format=cfg.dataloader.train.mapper.get("image_format"),
         strict=cfg.train.get("strict_transfer", True),
         record_name=record_name,
         **checkpointables,

@@ -8,6 +8,7 @@ rounding). :class:`Requirements` holds those, :func:`config_deltas` writes them 
 overrides that set them on the recipe, and :func:`check_model` compares them with a built
 model and stops with the config to use when they disagree.
 """
+
 import re
 from dataclasses import asdict, dataclass
 
@@ -15,7 +16,7 @@ import torch
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 __all__ = [
     "MSRA",
@@ -49,7 +50,7 @@ def coco_ids_and_names():
 def strip_prefix(state, prefix="module."):
     """``state`` without ``prefix`` on its keys when every key has it (DataParallel saves)."""
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -57,11 +58,19 @@ def strip_prefix(state, prefix="module."):
 # The ResNet body. torchvision and MMDetection (pytorch and caffe style alike) name it the same
 # way: conv1/bn1, layer{1-4}.{block}.conv{1-3}/bn{1-3}, layer{n}.0.downsample.{0: conv, 1: bn}.
 
-_DEPTHS = {("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101,
-           ("bottleneck", (3, 8, 36, 3)): 152, ("basic", (2, 2, 2, 2)): 18,
-           ("basic", (3, 4, 6, 3)): 34}
-_BN = {"weight": "weight", "bias": "bias", "running_mean": "running_mean",
-       "running_var": "running_var"}
+_DEPTHS = {
+    ("bottleneck", (3, 4, 6, 3)): 50,
+    ("bottleneck", (3, 4, 23, 3)): 101,
+    ("bottleneck", (3, 8, 36, 3)): 152,
+    ("basic", (2, 2, 2, 2)): 18,
+    ("basic", (3, 4, 6, 3)): 34,
+}
+_BN = {
+    "weight": "weight",
+    "bias": "bias",
+    "running_mean": "running_mean",
+    "running_var": "running_var",
+}
 
 
 def resnet_layout(state, prefix):
@@ -133,10 +142,15 @@ def detectron2_keys(masks=True):
     for level in range(2, 6):
         conv(f"backbone.fpn_lateral{level}", norm=False, bias=True)
         conv(f"backbone.fpn_output{level}", norm=False, bias=True)
-    heads = ["proposal_generator.rpn_head.conv", "proposal_generator.rpn_head.objectness_logits",
-             "proposal_generator.rpn_head.anchor_deltas", "roi_heads.box_head.fc1",
-             "roi_heads.box_head.fc2", "roi_heads.box_predictor.cls_score",
-             "roi_heads.box_predictor.bbox_pred"]
+    heads = [
+        "proposal_generator.rpn_head.conv",
+        "proposal_generator.rpn_head.objectness_logits",
+        "proposal_generator.rpn_head.anchor_deltas",
+        "roi_heads.box_head.fc1",
+        "roi_heads.box_head.fc2",
+        "roi_heads.box_predictor.cls_score",
+        "roi_heads.box_predictor.bbox_pred",
+    ]
     if masks:
         heads += [f"roi_heads.mask_head.mask_fcn{i}" for i in range(1, 5)]
         heads += ["roi_heads.mask_head.deconv", "roi_heads.mask_head.predictor"]
@@ -185,15 +199,41 @@ class Requirements:
         return cls(**d)
 
 
-MSRA = Requirements("Detectron2 / MSRA (caffe-style) R50", "BGR", tuple(BGR_MEAN),
-                    tuple(BGR_STD), True, True, 0, False, "configs/cityscapes_ft.py")
-PYTORCH_RGB = Requirements("pytorch-style R50, RGB input", "RGB", tuple(RGB_MEAN),
-                           tuple(RGB_STD), False, True, 0, False,
-                           "configs/cityscapes_ft_from_mmdet.py")
-TORCHVISION = Requirements("torchvision Mask R-CNN", "RGB", tuple(RGB_MEAN), tuple(RGB_STD),
-                           False, False, 2, True, "configs/cityscapes_ft_from_torchvision.py")
+MSRA = Requirements(
+    "Detectron2 / MSRA (caffe-style) R50",
+    "BGR",
+    tuple(BGR_MEAN),
+    tuple(BGR_STD),
+    True,
+    True,
+    0,
+    False,
+    "configs/cityscapes_ft.py",
+)
+PYTORCH_RGB = Requirements(
+    "pytorch-style R50, RGB input",
+    "RGB",
+    tuple(RGB_MEAN),
+    tuple(RGB_STD),
+    False,
+    True,
+    0,
+    False,
+    "configs/cityscapes_ft_from_mmdet.py",
+)
+TORCHVISION = Requirements(
+    "torchvision Mask R-CNN",
+    "RGB",
+    tuple(RGB_MEAN),
+    tuple(RGB_STD),
+    False,
+    False,
+    2,
+    True,
+    "configs/cityscapes_ft_from_torchvision.py",
+)
 
-ROUNDED_ANCHORS = "d2_finetune.convert.modeling.RoundedAnchorGenerator"
+ROUNDED_ANCHORS = "d2_finetune.modeling.RoundedAnchorGenerator"
 
 
 def _fmt_list(values):
@@ -205,8 +245,10 @@ def config_deltas(req, base=MSRA):
     ``configs/cityscapes_ft.py``) into one that satisfies ``req``."""
     deltas = []
     if req.input_format != base.input_format:
-        deltas += [f"model.input_format={req.input_format}",
-                   f"dataloader.train.mapper.image_format={req.input_format}"]
+        deltas += [
+            f"model.input_format={req.input_format}",
+            f"dataloader.train.mapper.image_format={req.input_format}",
+        ]
     if tuple(req.pixel_mean) != tuple(base.pixel_mean):
         deltas.append(f"model.pixel_mean={_fmt_list(req.pixel_mean)}")
     if tuple(req.pixel_std) != tuple(base.pixel_std):
@@ -220,8 +262,11 @@ def config_deltas(req, base=MSRA):
         if req.roi_sampling_ratio != base.roi_sampling_ratio:
             deltas.append(f"model.roi_heads.{pooler}.sampling_ratio={req.roi_sampling_ratio}")
     if req.rounded_anchors != base.rounded_anchors:
-        target = (ROUNDED_ANCHORS if req.rounded_anchors
-                  else "detectron2.modeling.anchor_generator.DefaultAnchorGenerator")
+        target = (
+            ROUNDED_ANCHORS
+            if req.rounded_anchors
+            else "detectron2.modeling.anchor_generator.DefaultAnchorGenerator"
+        )
         deltas.append(f"model.proposal_generator.anchor_generator._target_={target}")
     return deltas
 
@@ -267,8 +312,15 @@ def check_model(model, req, source, image_format=None):
         found["image_format"] = image_format
     wanted = req.to_dict()
     problems = []
-    for key in ("input_format", "pixel_mean", "pixel_std", "stride_in_1x1", "roi_aligned",
-                "roi_sampling_ratio", "rounded_anchors"):
+    for key in (
+        "input_format",
+        "pixel_mean",
+        "pixel_std",
+        "stride_in_1x1",
+        "roi_aligned",
+        "roi_sampling_ratio",
+        "rounded_anchors",
+    ):
         if key not in found:
             continue
         want, have = wanted[key], found[key]
@@ -289,14 +341,16 @@ def check_model(model, req, source, image_format=None):
         )
     if problems:
         raise CheckpointError(
-            f"{source} holds {req.name} weights, which need " + "; ".join(problems)
+            f"{source} holds {req.name} weights, which need "
+            + "; ".join(problems)
             + f". Use {req.config}, which sets them on the Cityscapes recipe, or override: "
-            + " ".join(config_deltas(req)) + "."
+            + " ".join(config_deltas(req))
+            + "."
         )
 
 
 def _rounds_anchors(model):
-    from .modeling import RoundedAnchorGenerator
+    from ...modeling import RoundedAnchorGenerator
 
     return isinstance(model.proposal_generator.anchor_generator, RoundedAnchorGenerator)
 

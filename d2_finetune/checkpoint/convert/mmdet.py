@@ -18,33 +18,46 @@ Class rows: >= 2.0 heads are Detectron2's layout already (K classes in dataset o
 classifier's background last, no background rows in ``fc_reg`` and ``conv_logits``); 1.x
 heads have background first in all three, which is moved (``fc_cls``) or dropped.
 """
+
 import re
 from dataclasses import replace
 
+from ...errors import CheckpointError
 from .common import MSRA, PYTORCH_RGB, Requirements, convert_resnet, resnet_layout
-from ..errors import CheckpointError
 
 __all__ = ["MMDET_V1", "RENAMES", "convert_mmdet", "is_mmdet", "mmdet_variant", "read_meta"]
 
-RENAMES = {"rpn_head.rpn_conv": "proposal_generator.rpn_head.conv",
-           "rpn_head.rpn_cls": "proposal_generator.rpn_head.objectness_logits",
-           "rpn_head.rpn_reg": "proposal_generator.rpn_head.anchor_deltas",
-           "roi_head.bbox_head.shared_fcs.0": "roi_heads.box_head.fc1",
-           "roi_head.bbox_head.shared_fcs.1": "roi_heads.box_head.fc2",
-           "roi_head.mask_head.upsample": "roi_heads.mask_head.deconv"}
+RENAMES = {
+    "rpn_head.rpn_conv": "proposal_generator.rpn_head.conv",
+    "rpn_head.rpn_cls": "proposal_generator.rpn_head.objectness_logits",
+    "rpn_head.rpn_reg": "proposal_generator.rpn_head.anchor_deltas",
+    "roi_head.bbox_head.shared_fcs.0": "roi_heads.box_head.fc1",
+    "roi_head.bbox_head.shared_fcs.1": "roi_heads.box_head.fc2",
+    "roi_head.mask_head.upsample": "roi_heads.mask_head.deconv",
+}
 for _i in range(4):
     RENAMES[f"neck.lateral_convs.{_i}.conv"] = f"backbone.fpn_lateral{_i + 2}"
     RENAMES[f"neck.fpn_convs.{_i}.conv"] = f"backbone.fpn_output{_i + 2}"
     RENAMES[f"roi_head.mask_head.convs.{_i}.conv"] = f"roi_heads.mask_head.mask_fcn{_i + 1}"
-CLS, BOX, MASK = ("roi_head.bbox_head.fc_cls", "roi_head.bbox_head.fc_reg",
-                  "roi_head.mask_head.conv_logits")
+CLS, BOX, MASK = (
+    "roi_head.bbox_head.fc_cls",
+    "roi_head.bbox_head.fc_reg",
+    "roi_head.mask_head.conv_logits",
+)
 
 # MMDetection 1.x's Mask R-CNN: pytorch-style R50 with unaligned RoIAlign sampling 2 points
 # per bin. Its +1-pixel box convention (anchors centred at (stride - 1) / 2 with extents
 # (w - 1) / 2, box widths x2 - x1 + 1 in the delta coder) has no Detectron2 setting.
 MMDET_V1 = Requirements(
-    "MMDetection 1.x Mask R-CNN", "RGB", PYTORCH_RGB.pixel_mean, PYTORCH_RGB.pixel_std, False,
-    False, 2, False, "configs/cityscapes_ft_from_mmdet.py with "
+    "MMDetection 1.x Mask R-CNN",
+    "RGB",
+    PYTORCH_RGB.pixel_mean,
+    PYTORCH_RGB.pixel_std,
+    False,
+    False,
+    2,
+    False,
+    "configs/cityscapes_ft_from_mmdet.py with "
     "model.roi_heads.box_pooler.pooler_type=ROIAlign model.roi_heads.box_pooler.sampling_ratio=2 "
     "model.roi_heads.mask_pooler.pooler_type=ROIAlign model.roi_heads.mask_pooler.sampling_ratio=2",
 )
@@ -70,8 +83,12 @@ def _heads_v1(state):
 
 
 def _cascade_stages(state):
-    stages = {int(m.group(1)) for k in state
-              for m in [re.match(r"(?:roi_head\.)?bbox_head\.(\d+)\.", k)] if m}
+    stages = {
+        int(m.group(1))
+        for k in state
+        for m in [re.match(r"(?:roi_head\.)?bbox_head\.(\d+)\.", k)]
+        if m
+    }
     return len(stages)
 
 
@@ -106,8 +123,14 @@ def read_meta(meta):
     if classes is None and isinstance(meta.get("dataset_meta"), dict):
         classes = meta["dataset_meta"].get("classes")
     text = meta.get("config") or meta.get("cfg")
-    found = {"version": version, "classes": list(classes) if classes is not None else None,
-             "style": None, "mean": None, "std": None, "to_rgb": None}
+    found = {
+        "version": version,
+        "classes": list(classes) if classes is not None else None,
+        "style": None,
+        "mean": None,
+        "std": None,
+        "to_rgb": None,
+    }
     if isinstance(text, str):
         style = re.search(r"\bstyle\s*=\s*['\"](caffe|pytorch)['\"]", text)
         found["style"] = style.group(1) if style else "pytorch"  # mmdet ResNet's default
@@ -129,8 +152,11 @@ def _requirements(meta_facts, source):
     mean, std, to_rgb = meta_facts["mean"], meta_facts["std"], meta_facts["to_rgb"]
     channel = None if to_rgb is None else ("RGB" if to_rgb else "BGR")
     stated = {"mean": mean, "std": std, "channel order": channel}
-    wanted = {"mean": list(req.pixel_mean), "std": list(req.pixel_std),
-              "channel order": req.input_format}
+    wanted = {
+        "mean": list(req.pixel_mean),
+        "std": list(req.pixel_std),
+        "channel order": req.input_format,
+    }
     for what, value in stated.items():
         if value is None:
             continue
@@ -157,8 +183,10 @@ def convert_mmdet(state, meta, source="checkpoint"):
     """
     v1 = _heads_v1(state)
     if v1:  # 1.x names: the heads sit at the top level
-        state = {(f"roi_head.{k}" if k.startswith(("bbox_head.", "mask_head.")) else k): v
-                 for k, v in state.items()}
+        state = {
+            (f"roi_head.{k}" if k.startswith(("bbox_head.", "mask_head.")) else k): v
+            for k, v in state.items()
+        }
     facts_meta = read_meta(meta)
     out = {}
     used = convert_resnet(state, "backbone.", out)
@@ -167,8 +195,9 @@ def convert_mmdet(state, meta, source="checkpoint"):
         if module in RENAMES:
             out[f"{RENAMES[module]}.{leaf}"] = value
             used.add(key)
-    anchors = state["rpn_head.rpn_cls.weight"].shape[0] if "rpn_head.rpn_cls.weight" in state \
-        else None
+    anchors = (
+        state["rpn_head.rpn_cls.weight"].shape[0] if "rpn_head.rpn_cls.weight" in state else None
+    )
     if anchors is not None and anchors != state["rpn_head.rpn_reg.weight"].shape[0] // 4:
         raise CheckpointError(
             f"{source}: its RPN classifier has {anchors} outputs for "
@@ -178,9 +207,11 @@ def convert_mmdet(state, meta, source="checkpoint"):
     k = state[f"{CLS}.weight"].shape[0] - 1
     agnostic = state[f"{BOX}.weight"].shape[0] == 4
     dropped = {}
-    for src, dst, unit, kind in ((CLS, "roi_heads.box_predictor.cls_score", 1, "cls"),
-                                 (BOX, "roi_heads.box_predictor.bbox_pred", 4, "box"),
-                                 (MASK, "roi_heads.mask_head.predictor", 1, "mask")):
+    for src, dst, unit, kind in (
+        (CLS, "roi_heads.box_predictor.cls_score", 1, "cls"),
+        (BOX, "roi_heads.box_predictor.bbox_pred", 4, "box"),
+        (MASK, "roi_heads.mask_head.predictor", 1, "mask"),
+    ):
         if f"{src}.weight" not in state:
             continue
         if not v1 or (kind == "box" and agnostic):
@@ -211,14 +242,19 @@ def convert_mmdet(state, meta, source="checkpoint"):
         req = _requirements(facts_meta, source)
     notes = []
     if facts_meta["style"] is None and not v1:
-        notes.append("no training config in the checkpoint's meta: pytorch-style ResNet "
-                     "assumed (a caffe-style checkpoint needs configs/cityscapes_ft.py)")
+        notes.append(
+            "no training config in the checkpoint's meta: pytorch-style ResNet "
+            "assumed (a caffe-style checkpoint needs configs/cityscapes_ft.py)"
+        )
     if v1:
         notes.append(MMDET_V1_NOTE)
     facts = {
         "thing_classes": names,
-        "class_rows": (f"{k} classes + background first (MMDetection 1.x) -> background last"
-                       if v1 else f"{k} classes + background last: Detectron2's layout"),
+        "class_rows": (
+            f"{k} classes + background first (MMDetection 1.x) -> background last"
+            if v1
+            else f"{k} classes + background last: Detectron2's layout"
+        ),
         "dropped_rows": dropped,
         "requires": req,
         "version": facts_meta["version"],

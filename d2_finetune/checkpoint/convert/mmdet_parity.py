@@ -11,6 +11,7 @@ through mmcv's ``RoIAlign(use_torchvision=True)`` option (mmcv's own call of
 ``mmcv._ext`` is missing, NMS through ``torchvision.ops.nms`` (what Detectron2 calls too; mmcv's
 kernel computes the same IoU with ``offset=0``).
 """
+
 import importlib
 import os
 import sys
@@ -22,23 +23,37 @@ from detectron2.structures import Boxes
 
 from .parity import compare, match_detections, randomize, set_diff, worst
 
-__all__ = ["build_mmdet_maskrcnn", "import_mmdet", "mmdet_checkpoint", "mmdet_detections",
-           "mmdet_model", "mmdet_parity"]
+__all__ = [
+    "build_mmdet_maskrcnn",
+    "import_mmdet",
+    "mmdet_checkpoint",
+    "mmdet_detections",
+    "mmdet_model",
+    "mmdet_parity",
+]
 
 # MMDetection's COCO Mask R-CNN R50-FPN configs, pytorch style (its model zoo's r50_fpn
 # models) and caffe style (the r50-caffe_fpn models of its fine-tuning tutorial), by major
 # version.
 CONFIGS = {
-    3: {"pytorch": "configs/mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
-        "caffe": "configs/mask_rcnn/mask-rcnn_r50-caffe_fpn_1x_coco.py"},
-    2: {"pytorch": "configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.py",
-        "caffe": "configs/mask_rcnn/mask_rcnn_r50_caffe_fpn_1x_coco.py"},
+    3: {
+        "pytorch": "configs/mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
+        "caffe": "configs/mask_rcnn/mask-rcnn_r50-caffe_fpn_1x_coco.py",
+    },
+    2: {
+        "pytorch": "configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.py",
+        "caffe": "configs/mask_rcnn/mask_rcnn_r50_caffe_fpn_1x_coco.py",
+    },
 }
 # Factors that bring MMDetection's default-initialised heads to a trained model's range
 # (objectness ~1.7, RPN deltas ~0.15, class logits ~3.4, box deltas ~0.8 standard deviation):
 # near-ties in top-k, NMS and the score threshold would otherwise decide the detections.
-LOGIT_SCALES = {"rpn_head.rpn_cls": 0.1, "rpn_head.rpn_reg": 0.01,
-                "roi_head.bbox_head.fc_cls": 0.35, "roi_head.bbox_head.fc_reg": 0.08}
+LOGIT_SCALES = {
+    "rpn_head.rpn_cls": 0.1,
+    "rpn_head.rpn_reg": 0.01,
+    "roi_head.bbox_head.fc_cls": 0.35,
+    "roi_head.bbox_head.fc_reg": 0.08,
+}
 
 
 def _fallback_ext():
@@ -56,6 +71,7 @@ def _fallback_ext():
     def missing(name):
         def op(*args, **kwargs):
             raise NotImplementedError(f"mmcv's compiled op {name} is not installed")
+
         return op
 
     def getattr_(name):
@@ -100,8 +116,8 @@ def mmdet_model(style="pytorch", max_per_img=100):
     if not os.path.isfile(path):
         raise ImportError(f"mmdet's config {CONFIGS[major][style]} is not in its package")
     if major >= 3:
-        from mmengine.config import Config
         from mmdet.registry import MODELS
+        from mmengine.config import Config
 
         build = MODELS.build
     else:
@@ -134,11 +150,13 @@ def mmdet_checkpoint(model, cfg_text, classes):
     import mmdet
 
     if _major(mmdet) >= 3:
-        meta = {"mmengine_version": "0.10", "cfg": cfg_text,
-                "dataset_meta": {"classes": tuple(classes)}}
+        meta = {
+            "mmengine_version": "0.10",
+            "cfg": cfg_text,
+            "dataset_meta": {"classes": tuple(classes)},
+        }
     else:
-        meta = {"mmdet_version": mmdet.__version__, "config": cfg_text,
-                "CLASSES": tuple(classes)}
+        meta = {"mmdet_version": mmdet.__version__, "config": cfg_text, "CLASSES": tuple(classes)}
     return {"meta": meta, "state_dict": model.state_dict()}
 
 
@@ -159,10 +177,14 @@ def _mmdet_inputs(model, images_bgr):
         samples = []
         for i, im in enumerate(images_bgr):
             h, w = im.shape[1:]
-            samples.append(DetDataSample(metainfo=dict(
-                img_id=i, img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0))))
-        data = model.data_preprocessor({"inputs": list(images_bgr), "data_samples": samples},
-                                       False)
+            samples.append(
+                DetDataSample(
+                    metainfo=dict(
+                        img_id=i, img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)
+                    )
+                )
+            )
+        data = model.data_preprocessor({"inputs": list(images_bgr), "data_samples": samples}, False)
         return data["inputs"], data["data_samples"]
     import numpy as np
     from mmdet.datasets.pipelines import Normalize, Pad
@@ -172,16 +194,23 @@ def _mmdet_inputs(model, images_bgr):
     images, metas = [], []
     for im in images_bgr:
         h, w = im.shape[1:]
-        result = pad(norm({"img": im.permute(1, 2, 0).numpy().astype(np.float32),
-                           "img_fields": ["img"]}))
+        result = pad(
+            norm({"img": im.permute(1, 2, 0).numpy().astype(np.float32), "img_fields": ["img"]})
+        )
         images.append(torch.from_numpy(result["img"]).permute(2, 0, 1))
-        metas.append(dict(img_shape=(h, w, 3), ori_shape=(h, w, 3),
-                          pad_shape=result["pad_shape"], flip=False,
-                          scale_factor=np.ones(4, dtype=np.float32)))
+        metas.append(
+            dict(
+                img_shape=(h, w, 3),
+                ori_shape=(h, w, 3),
+                pad_shape=result["pad_shape"],
+                flip=False,
+                scale_factor=np.ones(4, dtype=np.float32),
+            )
+        )
     size = [max(im.shape[i] for im in images) for i in (1, 2)]
     batch = torch.zeros(len(images), 3, *size)
     for i, im in enumerate(images):
-        batch[i, :, :im.shape[1], :im.shape[2]] = im
+        batch[i, :, : im.shape[1], : im.shape[2]] = im
         metas[i]["batch_input_shape"] = tuple(size)
     return batch, metas
 
@@ -223,22 +252,27 @@ def mmdet_parity(mm_model, d2_model, images, box_rois=300, mask_rois=8):
     out["rpn_objectness"] = worst(compare(a, b) for a, b in zip(d2_obj, mm_obj))
     out["rpn_deltas"] = worst(compare(a, b) for a, b in zip(d2_del, mm_del))
     d2_anchors = torch.cat([b.tensor for b in rpn.anchor_generator(levels)])
-    mm_anchors = torch.cat(mm_model.rpn_head.prior_generator.grid_priors(
-        [f.shape[-2:] for f in mm_feats], device="cpu"))
+    mm_anchors = torch.cat(
+        mm_model.rpn_head.prior_generator.grid_priors(
+            [f.shape[-2:] for f in mm_feats], device="cpu"
+        )
+    )
     out["anchors"] = compare(d2_anchors, mm_anchors)
 
     proposals, _ = rpn(d2_images, d2_feats, None)
     mm_proposals = _rpn_boxes(mm_model, mm_feats, metas)
     counts = [(len(p), len(m)) for p, m in zip(proposals, mm_proposals)]
     if all(a == b for a, b in counts):
-        out["proposals"] = worst(set_diff(p.proposal_boxes.tensor, m)
-                                 for p, m in zip(proposals, mm_proposals))
+        out["proposals"] = worst(
+            set_diff(p.proposal_boxes.tensor, m) for p, m in zip(proposals, mm_proposals)
+        )
     boxes = [p.proposal_boxes.tensor[:box_rois] for p in proposals]
 
     heads, mm_head = d2_model.roi_heads, mm_model.roi_head
     rois = _bbox2roi(boxes)
-    d2_box_feats = heads.box_pooler([d2_feats[f] for f in heads.box_in_features],
-                                    [Boxes(b) for b in boxes])
+    d2_box_feats = heads.box_pooler(
+        [d2_feats[f] for f in heads.box_in_features], [Boxes(b) for b in boxes]
+    )
     mm_box_feats = mm_head.bbox_roi_extractor(mm_feats[:4], rois)
     out["box_roi_features"] = compare(d2_box_feats, mm_box_feats)
     d2_logits, d2_deltas = heads.box_predictor(heads.box_head(d2_box_feats))
@@ -248,12 +282,14 @@ def mmdet_parity(mm_model, d2_model, images, box_rois=300, mask_rois=8):
 
     boxes = [b[:mask_rois] for b in boxes]
     rois = _bbox2roi(boxes)
-    d2_mask_feats = heads.mask_pooler([d2_feats[f] for f in heads.mask_in_features],
-                                      [Boxes(b) for b in boxes])
+    d2_mask_feats = heads.mask_pooler(
+        [d2_feats[f] for f in heads.mask_in_features], [Boxes(b) for b in boxes]
+    )
     mm_mask_feats = mm_head.mask_roi_extractor(mm_feats[:4], rois)
     out["mask_roi_features"] = compare(d2_mask_feats, mm_mask_feats)
-    out["mask_logits"] = compare(heads.mask_head.layers(d2_mask_feats),
-                                 mm_head.mask_head(mm_mask_feats))
+    out["mask_logits"] = compare(
+        heads.mask_head.layers(d2_mask_feats), mm_head.mask_head(mm_mask_feats)
+    )
     out["proposal_counts"] = counts
     return out
 
@@ -262,23 +298,29 @@ def _mmdet_predictions(mm_model, batch, metas):
     """MMDetection's final detections as ``{"boxes", "scores", "labels", "masks"}`` per image,
     sorted by score."""
     if hasattr(mm_model, "data_preprocessor"):  # 3.x
-        return [{"boxes": p.bboxes, "scores": p.scores, "labels": p.labels,
-                 "masks": p.masks.bool()}
-                for p in (s.pred_instances for s in mm_model.predict(batch, metas, rescale=True))]
+        return [
+            {"boxes": p.bboxes, "scores": p.scores, "labels": p.labels, "masks": p.masks.bool()}
+            for p in (s.pred_instances for s in mm_model.predict(batch, metas, rescale=True))
+        ]
     results = []
     for boxes_per_class, masks_per_class in mm_model.simple_test(batch, metas, rescale=True):
-        dets = [(c, row, mask) for c, (rows, masks) in enumerate(zip(boxes_per_class,
-                                                                      masks_per_class))
-                for row, mask in zip(rows, masks)]
+        dets = [
+            (c, row, mask)
+            for c, (rows, masks) in enumerate(zip(boxes_per_class, masks_per_class))
+            for row, mask in zip(rows, masks)
+        ]
         dets.sort(key=lambda d: -float(d[1][4]))
         h, w = metas[len(results)]["ori_shape"][:2]
-        results.append({
-            "boxes": torch.tensor([list(d[1][:4]) for d in dets]).reshape(-1, 4),
-            "scores": torch.tensor([float(d[1][4]) for d in dets]),
-            "labels": torch.tensor([d[0] for d in dets], dtype=torch.long),
-            "masks": torch.stack([torch.as_tensor(d[2]) for d in dets]).bool() if dets
-            else torch.zeros(0, h, w, dtype=torch.bool),
-        })
+        results.append(
+            {
+                "boxes": torch.tensor([list(d[1][:4]) for d in dets]).reshape(-1, 4),
+                "scores": torch.tensor([float(d[1][4]) for d in dets]),
+                "labels": torch.tensor([d[0] for d in dets], dtype=torch.long),
+                "masks": torch.stack([torch.as_tensor(d[2]) for d in dets]).bool()
+                if dets
+                else torch.zeros(0, h, w, dtype=torch.bool),
+            }
+        )
     return results
 
 
@@ -288,12 +330,20 @@ def mmdet_detections(mm_model, d2_model, images):
     :func:`~.parity.match_detections` result per image."""
     batch, metas = _mmdet_inputs(mm_model, [im.flip(0) for im in images])
     theirs = _mmdet_predictions(mm_model, batch, metas)
-    d2_out = d2_model([{"image": im, "height": im.shape[1], "width": im.shape[2]}
-                       for im in _d2_view(d2_model, images)])
+    d2_out = d2_model(
+        [
+            {"image": im, "height": im.shape[1], "width": im.shape[2]}
+            for im in _d2_view(d2_model, images)
+        ]
+    )
     results = []
     for mm, d2 in zip(theirs, d2_out):
         inst = d2["instances"]
-        ours = {"boxes": inst.pred_boxes.tensor, "scores": inst.scores,
-                "labels": inst.pred_classes, "masks": inst.pred_masks.bool()}
+        ours = {
+            "boxes": inst.pred_boxes.tensor,
+            "scores": inst.scores,
+            "labels": inst.pred_classes,
+            "masks": inst.pred_masks.bool(),
+        }
         results.append(match_detections(ours, mm))
     return results

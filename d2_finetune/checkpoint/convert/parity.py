@@ -10,15 +10,25 @@ decisions downstream (top-k, NMS, score threshold) are not near-ties.
 Each comparison returns ``{stage: (largest absolute difference, largest absolute value of the
 source's output)}``; the stages follow the model from the input to the detections.
 """
+
 import torch
 from torch import nn
 
 from detectron2.structures import Boxes
 
-__all__ = ["compare", "match_detections", "paste_difference", "random_torchvision_maskrcnn",
-           "randomize", "set_diff",
-           "smooth_masks", "synthetic_images", "torchvision_detections", "torchvision_parity",
-           "worst"]
+__all__ = [
+    "compare",
+    "match_detections",
+    "paste_difference",
+    "random_torchvision_maskrcnn",
+    "randomize",
+    "set_diff",
+    "smooth_masks",
+    "synthetic_images",
+    "torchvision_detections",
+    "torchvision_parity",
+    "worst",
+]
 
 
 @torch.no_grad()
@@ -69,11 +79,19 @@ def random_torchvision_maskrcnn(images, seed=0, **kwargs):
     height, width = images[0].shape[1:]
     torch.manual_seed(seed)
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=min(height, width),
-        max_size=max(height, width), **kwargs).eval()
+        weights=None,
+        weights_backbone=None,
+        min_size=min(height, width),
+        max_size=max(height, width),
+        **kwargs,
+    ).eval()
     normalised = [im.float() / 255 for im in images]
-    randomize(model, lambda: model.backbone(model.transform(normalised)[0].tensors), seed,
-              logit_layers=TORCHVISION_LOGIT_SCALES)
+    randomize(
+        model,
+        lambda: model.backbone(model.transform(normalised)[0].tensors),
+        seed,
+        logit_layers=TORCHVISION_LOGIT_SCALES,
+    )
     return model
 
 
@@ -90,7 +108,7 @@ def synthetic_images(n, height=256, width=320, seed=0):
             h = int(torch.randint(20, 120, (1,), generator=generator))
             w = int(torch.randint(20, 160, (1,), generator=generator))
             color = torch.randint(0, 255, (3, 1, 1), generator=generator).float()
-            image[:, y0:y0 + h, x0:x0 + w] = color
+            image[:, y0 : y0 + h, x0 : x0 + w] = color
         images.append(image.to(torch.uint8))
     return images
 
@@ -186,13 +204,15 @@ def torchvision_parity(tv_model, d2_model, images, box_rois=300, mask_rois=8):
     tv_proposals, _ = tv_model.rpn(tv_images, tv_feats)
     counts = [(len(p), len(t)) for p, t in zip(proposals, tv_proposals)]
     if all(a == b for a, b in counts):
-        out["proposals"] = worst(set_diff(p.proposal_boxes.tensor, t)
-                                 for p, t in zip(proposals, tv_proposals))
+        out["proposals"] = worst(
+            set_diff(p.proposal_boxes.tensor, t) for p, t in zip(proposals, tv_proposals)
+        )
     boxes = [p.proposal_boxes.tensor[:box_rois] for p in proposals]
 
     heads = d2_model.roi_heads
-    d2_box_feats = heads.box_pooler([d2_feats[f] for f in heads.box_in_features],
-                                    [Boxes(b) for b in boxes])
+    d2_box_feats = heads.box_pooler(
+        [d2_feats[f] for f in heads.box_in_features], [Boxes(b) for b in boxes]
+    )
     tv_box_feats = tv_model.roi_heads.box_roi_pool(tv_feats, boxes, tv_images.image_sizes)
     out["box_roi_features"] = compare(d2_box_feats, tv_box_feats)
     d2_fc = heads.box_head(d2_box_feats)
@@ -205,8 +225,9 @@ def torchvision_parity(tv_model, d2_model, images, box_rois=300, mask_rois=8):
     out["box_deltas"] = compare(d2_deltas, tv_deltas[:, rows])
 
     boxes = [b[:mask_rois] for b in boxes]
-    d2_mask_feats = heads.mask_pooler([d2_feats[f] for f in heads.mask_in_features],
-                                      [Boxes(b) for b in boxes])
+    d2_mask_feats = heads.mask_pooler(
+        [d2_feats[f] for f in heads.mask_in_features], [Boxes(b) for b in boxes]
+    )
     tv_mask_feats = tv_model.roi_heads.mask_roi_pool(tv_feats, boxes, tv_images.image_sizes)
     out["mask_roi_features"] = compare(d2_mask_feats, tv_mask_feats)
     d2_masks = heads.mask_head.layers(d2_mask_feats)
@@ -240,10 +261,18 @@ def torchvision_detections(tv_model, d2_model, images):
     for tv, probs, raw, size in zip(tv_out, tv_probs, d2_raw, sizes):
         d2_probs = raw.pred_masks
         inst = detector_postprocess(raw, *size)
-        ours = {"boxes": inst.pred_boxes.tensor, "scores": inst.scores,
-                "labels": ids[inst.pred_classes], "masks": inst.pred_masks.bool()}
-        theirs = {"boxes": tv["boxes"], "scores": tv["scores"], "labels": tv["labels"],
-                  "masks": tv["masks"][:, 0] > 0.5}
+        ours = {
+            "boxes": inst.pred_boxes.tensor,
+            "scores": inst.scores,
+            "labels": ids[inst.pred_classes],
+            "masks": inst.pred_masks.bool(),
+        }
+        theirs = {
+            "boxes": tv["boxes"],
+            "scores": tv["scores"],
+            "labels": tv["labels"],
+            "masks": tv["masks"][:, 0] > 0.5,
+        }
         result = match_detections(ours, theirs)
         n = min(len(d2_probs), len(probs))
         result["mask_probs"] = compare(d2_probs[:n], probs[:n])
@@ -272,8 +301,9 @@ def paste_difference(boxes, height, width, seed=0):
     into a ``height`` x ``width`` image at ``boxes`` by torchvision's ``paste_masks_in_image``
     (integer box, 1-pixel border, ``F.interpolate``) and Detectron2's (``grid_sample`` at the
     float box), both thresholded at 0.5."""
-    from detectron2.layers.mask_ops import paste_masks_in_image as d2_paste
     from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
+
+    from detectron2.layers.mask_ops import paste_masks_in_image as d2_paste
 
     masks = smooth_masks(len(boxes), seed=seed)
     ours = d2_paste(masks[:, 0], boxes, (height, width), threshold=0.5)

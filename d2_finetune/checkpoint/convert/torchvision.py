@@ -15,6 +15,7 @@ those of torchvision >= 0.13 models (``inner_blocks.0.0.weight``, ``conv.0.0.wei
 ``mask_head.0.0.weight``). ``maskrcnn_resnet50_fpn_v2`` (BatchNorm in the FPN and heads, a
 4-conv box head) is another architecture and is refused.
 """
+
 from .common import TORCHVISION, convert_resnet, resnet_layout
 
 __all__ = ["NA_IDS", "RENAMES", "convert_torchvision", "is_torchvision", "torchvision_variant"]
@@ -32,27 +33,36 @@ for _i in range(4):
         RENAMES[_tv] = f"backbone.fpn_output{_i + 2}"
     for _tv in (f"roi_heads.mask_head.mask_fcn{_i + 1}", f"roi_heads.mask_head.{_i}.0"):
         RENAMES[_tv] = f"roi_heads.mask_head.mask_fcn{_i + 1}"
-RENAMES.update({
-    "rpn.head.conv": "proposal_generator.rpn_head.conv",
-    "rpn.head.conv.0.0": "proposal_generator.rpn_head.conv",
-    "rpn.head.cls_logits": "proposal_generator.rpn_head.objectness_logits",
-    "rpn.head.bbox_pred": "proposal_generator.rpn_head.anchor_deltas",
-    "roi_heads.box_head.fc6": "roi_heads.box_head.fc1",
-    "roi_heads.box_head.fc7": "roi_heads.box_head.fc2",
-    "roi_heads.mask_predictor.conv5_mask": "roi_heads.mask_head.deconv",
-})
+RENAMES.update(
+    {
+        "rpn.head.conv": "proposal_generator.rpn_head.conv",
+        "rpn.head.conv.0.0": "proposal_generator.rpn_head.conv",
+        "rpn.head.cls_logits": "proposal_generator.rpn_head.objectness_logits",
+        "rpn.head.bbox_pred": "proposal_generator.rpn_head.anchor_deltas",
+        "roi_heads.box_head.fc6": "roi_heads.box_head.fc1",
+        "roi_heads.box_head.fc7": "roi_heads.box_head.fc2",
+        "roi_heads.mask_predictor.conv5_mask": "roi_heads.mask_head.deconv",
+    }
+)
 CLS = "roi_heads.box_predictor.cls_score"
 BOX = "roi_heads.box_predictor.bbox_pred"
 MASK = "roi_heads.mask_predictor.mask_fcn_logits"
 
 # Keys only other torchvision detectors have: (what they are, a key that shows it).
 _OTHER_MODELS = (
-    ("torchvision's maskrcnn_resnet50_fpn_v2 (BatchNorm in the FPN and heads, a 4-conv box "
-     "head)",
-     ("roi_heads.box_head.0.0.weight", "rpn.head.conv.1.0.weight",
-      "backbone.fpn.inner_blocks.0.1.weight")),
-    ("a torchvision Keypoint R-CNN",
-     ("roi_heads.keypoint_head.0.0.weight", "roi_heads.keypoint_head.conv_fcn1.weight")),
+    (
+        "torchvision's maskrcnn_resnet50_fpn_v2 (BatchNorm in the FPN and heads, a 4-conv box "
+        "head)",
+        (
+            "roi_heads.box_head.0.0.weight",
+            "rpn.head.conv.1.0.weight",
+            "backbone.fpn.inner_blocks.0.1.weight",
+        ),
+    ),
+    (
+        "a torchvision Keypoint R-CNN",
+        ("roi_heads.keypoint_head.0.0.weight", "roi_heads.keypoint_head.conv_fcn1.weight"),
+    ),
 )
 
 
@@ -104,9 +114,11 @@ def convert_torchvision(state):
     num_rows = state[f"{CLS}.weight"].shape[0]
     ids, names = class_rows(num_rows)
     dropped = {}
-    for src, dst, unit, with_bg in ((CLS, "roi_heads.box_predictor.cls_score", 1, True),
-                                    (BOX, "roi_heads.box_predictor.bbox_pred", 4, False),
-                                    (MASK, "roi_heads.mask_head.predictor", 1, False)):
+    for src, dst, unit, with_bg in (
+        (CLS, "roi_heads.box_predictor.cls_score", 1, True),
+        (BOX, "roi_heads.box_predictor.bbox_pred", 4, False),
+        (MASK, "roi_heads.mask_head.predictor", 1, False),
+    ):
         if f"{src}.weight" not in state:
             continue
         rows = [r * unit + j for r in ids + ([0] if with_bg else []) for j in range(unit)]
@@ -116,7 +128,8 @@ def convert_torchvision(state):
         kept = set(ids) | ({0} if with_bg else set())
         dropped[dst] = [
             "background" if r == 0 else ("N/A" if r in NA_IDS else f"row {r}")
-            for r in range(state[f"{src}.weight"].shape[0] // unit) if r not in kept
+            for r in range(state[f"{src}.weight"].shape[0] // unit)
+            if r not in kept
         ]
         dropped[dst] = _summarise(dropped[dst])
     facts = {
@@ -124,8 +137,8 @@ def convert_torchvision(state):
         "class_rows": (
             "91 rows indexed by COCO category id (background 0, N/A at "
             f"{', '.join(map(str, NA_IDS))}) -> COCO's 80 classes in id order, background last"
-            if num_rows == 91 else
-            f"{num_rows} rows, background first -> {num_rows - 1} classes, background last"
+            if num_rows == 91
+            else f"{num_rows} rows, background first -> {num_rows - 1} classes, background last"
         ),
         "dropped_rows": dropped,
         "requires": TORCHVISION,

@@ -28,18 +28,27 @@ Only Mask R-CNN and Faster R-CNN with a ResNet-50 FPN backbone are converted; ot
 (ResNet-101, ResNeXt), Cascade R-CNN / HTC, torchvision's ``maskrcnn_resnet50_fpn_v2`` and
 softmax RPNs are refused by name.
 """
+
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 from .common import Requirements, check_model, config_deltas, detectron2_keys, strip_prefix
 from .mmdet import convert_mmdet, is_mmdet, mmdet_variant
 from .torchvision import convert_torchvision, is_torchvision, torchvision_variant
 
-__all__ = ["CONVERTED_FROM_KEY", "Requirements", "check_model", "config_deltas", "convert",
-           "detect_source", "unwrap"]
+__all__ = [
+    "CONVERTED_FROM_KEY",
+    "Requirements",
+    "check_model",
+    "config_deltas",
+    "convert",
+    "convert_if_foreign",
+    "detect_source",
+    "unwrap",
+]
 
 # Where a converted Detectron2 file records what it was converted from (its ``info``).
 CONVERTED_FROM_KEY = "converted_from"
@@ -67,8 +76,10 @@ def unwrap(obj):
 
 
 def _is_detectron2(state):
-    if any(k.startswith(("backbone.bottom_up.", "proposal_generator.", "roi_heads.box_predictor"))
-           for k in state):
+    if any(
+        k.startswith(("backbone.bottom_up.", "proposal_generator.", "roi_heads.box_predictor"))
+        for k in state
+    ):
         return True
     # Caffe2 / Detectron1 blob names ("res2_0_branch2a_w") have no dots; FinetuneCheckpointer
     # maps them by detectron2's heuristics.
@@ -79,8 +90,9 @@ def _describe_unknown(state, source):
     keys = [str(k) for k in list(state)[:6]]
     if "fc.weight" in state and any(str(k).startswith("layer1.") for k in state):
         what = "an ImageNet classification network (conv1, layer1-4, fc), not a detector"
-    elif any(str(k).startswith(("head.classification_head", "bbox_head.retina_cls"))
-             for k in state):
+    elif any(
+        str(k).startswith(("head.classification_head", "bbox_head.retina_cls")) for k in state
+    ):
         what = "a single-stage detector (RetinaNet-like), not a Mask R-CNN"
     else:
         what = "an unknown layout"
@@ -94,8 +106,12 @@ def detect_source(obj, source="checkpoint"):
     """The toolbox ``obj`` (a loaded checkpoint) comes from: ``"detectron2"``,
     ``"torchvision"`` or ``"mmdet"``, from its key layout; raises CheckpointError otherwise."""
     state, meta, wrapper = unwrap(obj)
-    if wrapper == "state_dict" and meta is not None and not is_mmdet(state) \
-            and not is_torchvision(state):
+    if (
+        wrapper == "state_dict"
+        and meta is not None
+        and not is_mmdet(state)
+        and not is_torchvision(state)
+    ):
         raise _describe_unknown(state, source)
     if is_torchvision(state):
         return "torchvision"
@@ -126,14 +142,21 @@ def convert(obj, source="checkpoint"):
     state, meta, _ = unwrap(obj)
     if kind == "detectron2":
         recorded = obj.get(CONVERTED_FROM_KEY) if isinstance(obj, Mapping) else None
-        info = dict(recorded) if isinstance(recorded, Mapping) else {
-            "source": "detectron2", "format": "detectron2", "requires": None,
-            "thing_classes": obj.get("thing_classes") if isinstance(obj, Mapping) else None,
-        }
+        info = (
+            dict(recorded)
+            if isinstance(recorded, Mapping)
+            else {
+                "source": "detectron2",
+                "format": "detectron2",
+                "requires": None,
+                "thing_classes": obj.get("thing_classes") if isinstance(obj, Mapping) else None,
+            }
+        )
         return state, info
     state = _tensors(state, source)
-    variant, supported = (torchvision_variant(state) if kind == "torchvision"
-                          else mmdet_variant(state))
+    variant, supported = (
+        torchvision_variant(state) if kind == "torchvision" else mmdet_variant(state)
+    )
     if not supported:
         raise CheckpointError(
             f"{source} holds {variant}; supported: Mask R-CNN / Faster R-CNN with a ResNet-50 "
@@ -160,8 +183,9 @@ def convert(obj, source="checkpoint"):
     masks = any(k.startswith("roi_heads.mask_head.") for k in out)
     missing = [k for k in detectron2_keys(masks) if k not in out]
     if missing:
-        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6
-                                          else "")
+        shown = ", ".join(missing[:6]) + (
+            f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        )
         raise CheckpointError(
             f"{source} looks like {variant} but lacks the tensors for {shown} (Detectron2 "
             "names): the file is incomplete or of a modified architecture."
@@ -185,3 +209,16 @@ def convert(obj, source="checkpoint"):
         "notes": facts.get("notes", []),
     }
     return out, info
+
+
+def convert_if_foreign(obj, source="checkpoint"):
+    """``convert(obj)`` for a torchvision or MMDetection checkpoint, None for anything else
+    (Detectron2's layouts, and objects the caller reports itself). A checkpoint in
+    MMDetection's wrapping (``{"meta", "state_dict"}``) of an architecture not converted is
+    refused here, naming what it holds."""
+    if not isinstance(obj, Mapping):
+        return None
+    state, meta, wrapper = unwrap(obj)
+    if is_torchvision(state) or is_mmdet(state) or (wrapper == "state_dict" and meta is not None):
+        return convert(obj, source)
+    return None
