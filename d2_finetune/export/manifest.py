@@ -1,0 +1,179 @@
+"""``export.json``: what an exported graph needs around it, written beside ``model.ts`` or
+``model.onnx``.
+
+The graph takes one preprocessed image and returns raw predictions; the class names, the
+test-time resize that makes its input, the channel order and the thresholds it was built with
+are here, with the sha256 of the model file it describes (a model and a manifest that do not
+belong together are refused). See docs/export.md for every key.
+"""
+import hashlib
+import json
+import os
+import sys
+
+from detectron2.config import instantiate
+from detectron2.data import transforms as T
+
+from .errors import ExportError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "MODEL_FILES",
+    "format_of",
+    "read_manifest",
+    "resize_augmentations",
+    "resized_shape",
+    "sha256_file",
+    "test_resize",
+    "write_manifest",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "export.json"
+MODEL_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+_SUFFIXES = {".ts": "torchscript", ".pt": "torchscript", ".onnx": "onnx"}
+_REQUIRED = ("format_version", "format", "model_sha256", "classes", "input", "outputs")
+_REQUIRED_INPUT = ("format", "resize", "dynamic_size")
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_resize(cfg):
+    """The config's test-time resize (``dataloader.test.mapper.augmentations``) as JSON.
+
+    Only deterministic resizes can be recorded and replayed outside the config:
+    ``ResizeShortestEdge`` with one ``short_edge_length`` and ``Resize`` to a fixed shape.
+    """
+    augmentations = cfg.dataloader.test.mapper.get("augmentations") or []
+    recorded = []
+    for i, spec in enumerate(augmentations):
+        aug = instantiate(spec)
+        where = f"dataloader.test.mapper.augmentations[{i}]"
+        if isinstance(aug, T.ResizeShortestEdge):
+            lengths = sorted({int(v) for v in aug.short_edge_length})
+            if len(lengths) != 1:
+                raise ExportError(
+                    f"{where} is ResizeShortestEdge(short_edge_length={list(aug.short_edge_length)}), "
+                    "which picks a random size per image: an export records one test size. Set "
+                    f"{where}.short_edge_length to one length."
+                )
+            recorded.append({"type": "ResizeShortestEdge", "short_edge_length": lengths[0],
+                             "max_size": int(aug.max_size), "interp": int(aug.interp)})
+        elif isinstance(aug, T.Resize):
+            recorded.append({"type": "Resize", "shape": [int(v) for v in aug.shape],
+                             "interp": int(aug.interp)})
+        else:
+            raise ExportError(
+                f"{where} is {type(aug).__name__}: an export records only a deterministic "
+                "test-time resize (ResizeShortestEdge with one short_edge_length, or Resize), "
+                "which exported models replay without the config."
+            )
+    return recorded
+
+
+def resize_augmentations(resize):
+    """The recorded resize as detectron2 augmentations (those of the config's test mapper)."""
+    augs = []
+    for step in resize:
+        if step["type"] == "ResizeShortestEdge":
+            augs.append(T.ResizeShortestEdge(step["short_edge_length"], step["max_size"],
+                                             interp=step["interp"]))
+        else:
+            augs.append(T.Resize(tuple(step["shape"]), interp=step["interp"]))
+    return T.AugmentationList(augs)
+
+
+def resized_shape(resize, height, width):
+    """The (height, width) that the recorded resize gives an image of ``height`` x ``width``."""
+    for step in resize:
+        if step["type"] == "Resize":
+            height, width = step["shape"]
+        elif step["short_edge_length"] > 0:  # 0: detectron2's "no resize"
+            height, width = T.ResizeShortestEdge.get_output_shape(
+                height, width, step["short_edge_length"], step["max_size"])
+    return int(height), int(width)
+
+
+def format_of(model_path):
+    """``"torchscript"`` or ``"onnx"``, from the model file's suffix."""
+    suffix = os.path.splitext(model_path)[1].lower()
+    if suffix not in _SUFFIXES:
+        raise ExportError(
+            f"{model_path}: not an exported model (a TorchScript .ts or an ONNX .onnx file "
+            "written by scripts/export_model.py)."
+        )
+    return _SUFFIXES[suffix]
+
+
+def write_manifest(folder, manifest):
+    """Write ``folder/export.json`` atomically (a temporary file, then a rename)."""
+    path = os.path.join(folder, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(model_path, check_hash=True):
+    """The ``export.json`` beside ``model_path``, checked to describe that very file."""
+    if not os.path.isfile(model_path):
+        raise ExportError(f"{model_path}: no such file. Export a model with "
+                          "scripts/export_model.py, which writes model.ts or model.onnx.")
+    fmt = format_of(model_path)
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), MANIFEST)
+    if not os.path.isfile(path):
+        raise ExportError(
+            f"{path} is missing: an exported model needs the export.json written beside it by "
+            f"scripts/export_model.py (class names, input resize and channel order); keep it "
+            f"with {os.path.basename(model_path)}, or export again."
+        )
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path} cannot be read as JSON ({e}); export again.") from e
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{path} is not an export.json (a JSON object); export again.")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    missing += [f"input.{k}" for k in _REQUIRED_INPUT
+                if k not in (manifest.get("input") or {}) and "input" not in missing]
+    if missing:
+        raise ExportError(f"{path} lacks {', '.join(missing)}: it was not written by "
+                          "scripts/export_model.py, or was edited. Export again.")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise ExportError(
+            f"{path} has format_version {manifest['format_version']}, newer than this "
+            f"d2_finetune reads ({FORMAT_VERSION}): update d2_finetune."
+        )
+    if manifest["format"] != fmt:
+        raise ExportError(
+            f"{path} describes a {manifest['format']} export "
+            f"({manifest.get('model_file', MODEL_FILES.get(manifest['format']))}), not the "
+            f"{fmt} model {os.path.basename(model_path)}: keep each model with its own "
+            "export.json."
+        )
+    if check_hash:
+        actual = sha256_file(model_path)
+        if actual != manifest["model_sha256"]:
+            raise ExportError(
+                f"{model_path} is not the model {path} was written for (sha256 {actual[:12]}... "
+                f"where export.json records {str(manifest['model_sha256'])[:12]}...): keep each "
+                "model with its own export.json, or export again."
+            )
+    return manifest
+
+
+def max_size_of(resize):
+    """The longest side the recorded resize lets through (None: unbounded)."""
+    sizes = [s["max_size"] for s in resize if s["type"] == "ResizeShortestEdge"
+             and s["max_size"] < sys.maxsize]
+    return min(sizes) if sizes else None
