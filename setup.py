@@ -28,5 +28,10 @@ setup(
         "filelock",
         "Pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # ONNX export and running exported models in onnxruntime (docs/export.md); the
+        # numpy<2 above makes pip pick builds that work with numpy 1.26.
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+    },
 )
