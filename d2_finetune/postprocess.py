@@ -34,8 +34,11 @@ def postprocess(instances, height, width, mask_threshold=0.5):
         instances (Instances): raw predictions; ``image_size`` is the network input's size.
         height, width (int): the original image's size.
     Returns:
-        Instances of size ``(height, width)``.
+        Instances of size ``(height, width)``; ``instances`` is left as it was.
     """
+    if instances.has("pred_boxes"):  # detector_postprocess scales the boxes in place
+        instances = Instances(instances.image_size, **instances.get_fields())
+        instances.pred_boxes = instances.pred_boxes.clone()
     return detector_postprocess(instances, int(height), int(width), mask_threshold)
 
 

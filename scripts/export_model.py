@@ -11,6 +11,7 @@ import os
 
 from d2_finetune.engine import user_errors
 from d2_finetune.export import DEFAULT_OPSET, FORMATS, export_model
+from d2_finetune.export.exporter import check_request
 from d2_finetune.export._engine import load_export_config
 
 
@@ -31,6 +32,7 @@ def main():
 
     setup_logger(name="d2_finetune")
     with user_errors(args.debug):
+        check_request(args.format, args.opset)  # before loading anything
         cfg = load_export_config(args.config_file, args.opts)
         manifest = export_model(
             cfg, args.output, args.format, opset=args.opset, sample_image=args.sample_image,

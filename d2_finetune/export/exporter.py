@@ -30,16 +30,17 @@ from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.registry import locate
 
 from .. import __version__
 from ..postprocess import SUPPORTED_FIELDS, postprocess, raw_instances
 from .compare import match_instances, summarize, within
 from .errors import EXPORT_EXTRA, ExportError
 from .manifest import (FORMAT_VERSION, MANIFEST, MODEL_FILES, resize_augmentations,
-                       resized_shape, sha256_file, test_resize, write_manifest)
+                       resize_policy, resized_shape, sha256_file, write_manifest)
 from .runtime import load_graph
 
-__all__ = ["export_model", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "FORMATS"]
+__all__ = ["export_model", "check_request", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "FORMATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,11 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
     Returns:
         dict: the manifest written to ``export.json``.
     """
-    _check_request(fmt, opset)
+    check_request(fmt, opset)
     _check_output_dir(output_dir, fmt)
-    resize = test_resize(cfg)
+    if model is None:
+        _check_architecture(cfg)
+    resize = resize_policy(cfg)
     classes = _classes(cfg)
     created = not os.path.isdir(output_dir)
     path = os.path.join(output_dir, MODEL_FILES[fmt])
@@ -143,7 +146,8 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
     return manifest
 
 
-def _check_request(fmt, opset):
+def check_request(fmt, opset):
+    """Refuse a format or opset that cannot be exported, or ONNX without its packages."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: choose torchscript or onnx.")
     if fmt != "onnx":
@@ -174,13 +178,24 @@ def _check_output_dir(output_dir, fmt):
             )
 
 
+def _check_architecture(cfg):
+    """Refuse a model other than a GeneralizedRCNN before building it and loading weights."""
+    target = cfg.model.get("_target_")
+    if isinstance(target, str):
+        target = locate(target)
+    if not (isinstance(target, type) and issubclass(target, GeneralizedRCNN)):
+        raise ExportError(_not_rcnn(getattr(target, "__name__", str(target))))
+
+
+def _not_rcnn(name):
+    return (f"The config's model is {name}: the export traces detectron2's GeneralizedRCNN "
+            "(Faster / Mask R-CNN), whose outputs the shared post-processing maps to the image.")
+
+
 def _check_model(model):
     name = type(model).__name__
     if not isinstance(model, GeneralizedRCNN):
-        raise ExportError(
-            f"The config's model is {name}: the export traces detectron2's GeneralizedRCNN "
-            "(Faster / Mask R-CNN), whose outputs the shared post-processing maps to the image."
-        )
+        raise ExportError(_not_rcnn(name))
     if model.proposal_generator is None:
         raise ExportError(f"The config's {name} takes precomputed proposals "
                           "(model.proposal_generator=None), which an exported graph cannot.")
@@ -244,13 +259,14 @@ def _write(adapter, sample, path, fmt, opset, outputs):
 
 def _verify(model, graph, sample, fixed_size):
     """Compare the exported graph with the eager model on the trace image and, unless the
-    resize fixes one input size, on two other sizes (tracing can freeze a shape)."""
+    resize fixes one input size, on the image resized to another height and width, neither a
+    multiple of the padding's 32 (tracing can freeze a shape)."""
     images = [sample]
     if fixed_size is None:
         h, w = sample.shape[-2:]
-        for size in ((h * 3 // 4 + 5, w * 3 // 4 + 3), (h // 2 + 11, w + 7)):
-            images.append(torch.nn.functional.interpolate(
-                sample[None], size=size, mode="bilinear", align_corners=False)[0].round())
+        images.append(torch.nn.functional.interpolate(
+            sample[None], size=(h * 3 // 4 + 5, w * 3 // 4 + 3), mode="bilinear",
+            align_corners=False)[0].round())
     thresh = float(_thresholds(model)["score_threshold"])
     results = []
     for index, image in enumerate(images):
@@ -329,12 +345,17 @@ def _first_test_image(cfg):
 
 @contextlib.contextmanager
 def _tracing_quietly():
-    """Tracing a detectron2 model warns, by design, about each Python value taken from a
-    tensor (asserts, shape checks); the export checks the graph instead."""
+    """Without the warnings that tracing a detectron2 model gives by design, which the export's
+    check of the graph against the eager model makes moot: one per Python value taken from a
+    tensor (asserts, shape checks); torch.jit's and the TorchScript-based ONNX exporter's
+    deprecation (docs/export.md, known limits); ONNX advanced indexing, wrong for negative
+    indices (the mask head indexes by box and class, never negative); detectron2's meshgrid."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
-        warnings.filterwarnings("ignore", message=".*is deprecated.*")
+        for message in (".*is deprecated", "You are using the legacy TorchScript-based ONNX",
+                        "The feature will be removed", "Exporting aten::index operator",
+                        "torch.meshgrid"):
+            warnings.filterwarnings("ignore", message=message)
         yield
 
 

@@ -9,7 +9,6 @@ belong together are refused). See docs/export.md for every key.
 import hashlib
 import json
 import os
-import sys
 
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
@@ -23,9 +22,9 @@ __all__ = [
     "format_of",
     "read_manifest",
     "resize_augmentations",
+    "resize_policy",
     "resized_shape",
     "sha256_file",
-    "test_resize",
     "write_manifest",
 ]
 
@@ -45,7 +44,7 @@ def sha256_file(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def test_resize(cfg):
+def resize_policy(cfg):
     """The config's test-time resize (``dataloader.test.mapper.augmentations``) as JSON.
 
     Only deterministic resizes can be recorded and replayed outside the config:
@@ -171,9 +170,3 @@ def read_manifest(model_path, check_hash=True):
             )
     return manifest
 
-
-def max_size_of(resize):
-    """The longest side the recorded resize lets through (None: unbounded)."""
-    sizes = [s["max_size"] for s in resize if s["type"] == "ResizeShortestEdge"
-             and s["max_size"] < sys.maxsize]
-    return min(sizes) if sizes else None

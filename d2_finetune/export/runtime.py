@@ -18,7 +18,8 @@ from detectron2.data import transforms as T
 
 from ..postprocess import postprocess, raw_instances
 from .errors import EXPORT_EXTRA, ExportError
-from .manifest import format_of, read_manifest, resize_augmentations, resized_shape, test_resize
+from .manifest import (format_of, read_manifest, resize_augmentations, resize_policy,
+                       resized_shape)
 
 __all__ = [
     "ExportedModel",
@@ -106,7 +107,6 @@ class ExportedModel(torch.nn.Module):
         self.classes = list(self.manifest["classes"])
         self.input_format = self.manifest["input"]["format"]
         self.resize = self.manifest["input"]["resize"]
-        self.fixed_size = self.manifest["input"].get("fixed_size")
         self.mask_threshold = self.manifest.get("postprocess", {}).get("mask_threshold", 0.5)
         self.graph = load_graph(model_path, self.format, self.manifest["outputs"], threads)
 
@@ -120,14 +120,7 @@ class ExportedModel(torch.nn.Module):
 
     def run(self, image, height, width):
         """One preprocessed ``(3, h, w)`` image through the graph and the post-processing."""
-        image = image.to(torch.float32).contiguous()
-        if self.fixed_size and list(image.shape[-2:]) != list(self.fixed_size):
-            h, w = self.fixed_size
-            raise ExportError(
-                f"{self.path} takes {h}x{w} inputs only (export.json input.fixed_size), got "
-                f"{image.shape[-2]}x{image.shape[-1]}."
-            )
-        outputs = self.graph(image)
+        outputs = self.graph(image.to(torch.float32).contiguous())
         size = outputs.pop("image_size")
         raw = raw_instances(outputs, size.tolist())
         return postprocess(raw, height, width, self.mask_threshold)
@@ -171,7 +164,7 @@ class ExportedModel(torch.nn.Module):
                 f"dataloader.test.mapper.image_format={fmt}, but {self.path} takes "
                 f"{self.input_format} images (export.json input.format)."
             )
-        resize = test_resize(cfg)
+        resize = resize_policy(cfg)
         if resize != self.resize:
             raise ExportError(
                 f"The config's test resize ({_describe(resize)}) is not the one {self.path} was "
