@@ -69,9 +69,14 @@ def _fake_export(folder, fmt="onnx", **changes):
 
 
 def test_a_manifest_that_describes_its_model_is_read(tmp_path):
-    path = _fake_export(tmp_path)
-    assert read_manifest(path)["classes"] == ["a", "b"]
+    path = _fake_export(tmp_path, colors=[[220, 20, 60], [0, 0, 142]], note=None)
+    manifest = read_manifest(path)
+    assert manifest["classes"] == ["a", "b"] and manifest["input"]["resize"] == DEMO_RESIZE
+    assert manifest["colors"] == [[220, 20, 60], [0, 0, 142]] and manifest["note"] is None
     assert not (tmp_path / "export.json.tmp").exists()
+    # Written to be read by people too: a key per line, lists of numbers on one.
+    text = (tmp_path / "export.json").read_text()
+    assert '\n "classes": [\n  "a",\n  "b"\n ],' in text and "[220, 20, 60]" in text
 
 
 def test_a_missing_model_file(tmp_path):

@@ -63,7 +63,8 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
         fmt (str): ``"torchscript"`` or ``"onnx"``.
         opset (int): the ONNX opset, 16 to 20.
         sample_image (str): an image to trace with (default: the test set's first image).
-        model: an eager model to export instead of building ``cfg``'s.
+        model: an eager model to export instead of building ``cfg``'s (it is moved to the CPU
+            and put in eval mode).
         source (dict): recorded in ``export.json`` (e.g. the config file and overrides).
     Returns:
         dict: the manifest written to ``export.json``.
@@ -99,6 +100,7 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
         graph = load_graph(tmp, fmt, outputs)
         fixed = resize[-1]["shape"] if resize and resize[-1]["type"] == "Resize" else None
         verification = _verify(model, graph, sample, fixed)
+        model_sha256 = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if created:
@@ -112,7 +114,7 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
         "format_version": FORMAT_VERSION,
         "format": fmt,
         "model_file": os.path.basename(path),
-        "model_sha256": sha256_file(path),
+        "model_sha256": model_sha256,
         "classes": classes,
         "thing_colors": _thing_colors(cfg),
         "dataset": _test_dataset(cfg),

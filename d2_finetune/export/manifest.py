@@ -116,10 +116,22 @@ def write_manifest(folder, manifest):
     path = os.path.join(folder, MANIFEST)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
+        f.write(_dumps(manifest) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _dumps(value, indent=""):
+    """JSON with one key per line and lists of numbers (sizes, colours, means) on one."""
+    inner = indent + " "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {_dumps(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and value and not all(
+            isinstance(v, (int, float)) or v is None for v in value):
+        items = [inner + _dumps(v, inner) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    return json.dumps(value)
 
 
 def read_manifest(model_path, check_hash=True):
