@@ -171,6 +171,30 @@ def test_evaluating_the_exported_models_gives_the_eager_AP(eager, ts_model, onnx
                     assert abs(results[task][metric] - value) <= 0.1, (path, task, metric)
 
 
+def test_a_box_only_model_exports_and_predicts_like_its_eager_model(cfg, init, cityscapes_root,
+                                                                   tmp_path):
+    """Faster R-CNN (configs/voc_ft.py, configs/kitti_ft.py): no mask head, no masks."""
+    from d2_finetune.export._engine import load_weights
+    from d2_finetune.predict import Predictor
+
+    state = torch.load(init, weights_only=True)["model"]
+    torch.save({"model": {k: v for k, v in state.items() if "mask_head" not in k}},
+               tmp_path / "boxes.pth")
+    cfg.train.init_checkpoint = str(tmp_path / "boxes.pth")
+    heads = cfg.model.roi_heads
+    heads.mask_in_features = heads.mask_pooler = heads.mask_head = None
+    manifest = export_model(cfg, str(tmp_path / "deploy"), "onnx")
+    assert manifest["outputs"] == ["pred_boxes", "pred_classes", "scores", "image_size"]
+    exported_predictor = ExportedPredictor(ExportedModel(str(tmp_path / "deploy" / "model.onnx")))
+    eager_predictor = Predictor(cfg, load_weights(cfg))
+    images = _images(cityscapes_root)[:2]
+    summary = summarize([compare(eager_predictor(i), exported_predictor(i), min_score=0.3)
+                         for i in images])
+    assert summary["compared"] >= 5 and summary["matched"] == summary["compared"], summary
+    assert summary["extra"] == 0 and summary["max_box_diff"] <= 1.0, summary
+    assert summary["max_score_diff"] <= 1e-3 and summary["min_mask_iou"] is None, summary
+
+
 def test_onnx_needs_opset_16_for_aligned_roialign(cfg, tmp_path):
     with pytest.raises(ExportError, match="--opset 11: ONNX export needs opset 16 to 20. Before "
                        "16, RoiAlign has no coordinate_transformation_mode"):
