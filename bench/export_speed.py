@@ -5,7 +5,9 @@ Exports the demo model (configs/demo/cityscapes_demo.py: ResNet-18, 64-channel F
 resize to 256x512) to TorchScript and ONNX, then times each path on the same synthetic
 512x256 Cityscapes-layout images, in one process, after a warm-up: per image, the test resize,
 the network and the post-processing that pastes masks (what scripts/predict.py does per image,
-without reading and drawing). Prints images/s and the ratio to eager.
+without reading and drawing). The paths take turns, one pass over the images each per round,
+so that other work on a shared machine slows them alike; prints each path's median images/s
+over the rounds and its ratio to eager (the median of the rounds' ratios).
 
     python bench/export_speed.py [--init output/demo/finetune/model_final.pth] [--images 20]
 
@@ -15,6 +17,7 @@ trained model's few).
 """
 import argparse
 import os
+import statistics
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,14 +25,11 @@ CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
 DEMO_WEIGHTS = os.path.join(REPO, "output", "demo", "finetune", "model_final.pth")
 
 
-def images_per_second(predict, images, repeats):
-    for image in images[:2]:  # warm-up: allocator, oneDNN kernels, TorchScript's profiling runs
-        predict(image)
+def images_per_second(predict, images):
     start = time.perf_counter()
-    for _ in range(repeats):
-        for image in images:
-            predict(image)
-    return repeats * len(images) / (time.perf_counter() - start)
+    for image in images:
+        predict(image)
+    return len(images) / (time.perf_counter() - start)
 
 
 def main():
@@ -37,7 +37,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="output/bench_export_speed")
     parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2, help="passes over the images")
+    parser.add_argument("--rounds", type=int, default=5, help="passes over the images per path")
     parser.add_argument("--init", default=None, help="weights (default: see above)")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads for torch and onnxruntime (0: their defaults)")
@@ -83,13 +83,22 @@ def main():
             ExportedPredictor(model)
 
     detections = sum(len(eager(image)) for image in images) / len(images)
-    speeds = {name: images_per_second(p, images, args.repeats) for name, p in predictors.items()}
-    reference = speeds["eager PyTorch"]
-    rows = [[name, f"{speed:.2f}", f"{speed / reference:.2f}x"] for name, speed in speeds.items()]
+    for predict in predictors.values():  # warm-up: allocator, oneDNN, TorchScript's profiling
+        for image in images[:3]:
+            predict(image)
+    rounds = {name: [] for name in predictors}
+    for _ in range(args.rounds):
+        for name, predict in predictors.items():
+            rounds[name].append(images_per_second(predict, images))
+    eager_rounds = rounds["eager PyTorch"]
+    rows = [[name, f"{statistics.median(values):.2f}",
+             # within a round the paths ran under the same load: the ratio of each round
+             f"{statistics.median(v / e for v, e in zip(values, eager_rounds)):.2f}x",
+             " ".join(f"{v:.1f}" for v in values)] for name, values in rounds.items()]
     print(f"\n{len(images)} images of {images[0].shape[1]}x{images[0].shape[0]} (network input "
           f"256x512), {detections:.0f} detections per image, weights {init}, "
           f"{torch.get_num_threads()} torch threads")
-    print(tabulate(rows, headers=["path", "images/s", "vs eager"]))
+    print(tabulate(rows, headers=["path", "images/s (median)", "vs eager", "per round"]))
 
 
 if __name__ == "__main__":
