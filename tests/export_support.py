@@ -66,6 +66,18 @@ def compare(reference, other, min_score):
     return match_instances(reference, other, min_score=min_score)
 
 
+def assert_parity(summary, min_compared):
+    """The tolerances of the export's parity: every instance above the score found and none
+    extra, boxes within 1 px, scores within 1e-3, mask IoU >= 0.98 (masks differing in a
+    single pixel aside: one pixel at the 0.5 threshold decides a small mask's IoU alone)."""
+    assert summary["compared"] >= min_compared, summary
+    assert summary["matched"] == summary["compared"] and summary["extra"] == 0, summary
+    assert summary["max_box_diff"] <= 1.0 and summary["max_score_diff"] <= 1e-3, summary
+    if summary["min_mask_iou"] is not None:
+        assert (summary["min_mask_iou_beyond_1px"] or 1.0) >= 0.98, summary
+        assert summary["mean_mask_iou"] >= 0.99, summary
+
+
 def export_cfg(root, init, output_dir, **extra):
     """The tiny demo config as scripts/export_model.py loads it (CPU, datasets registered)."""
     from d2_finetune.export._engine import load_export_config

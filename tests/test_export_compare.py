@@ -27,7 +27,8 @@ def test_the_same_predictions_in_another_order_match_exactly():
     b = a[torch.tensor([1, 0])]
     result = match_instances(a, b)
     assert result == {"compared": 2, "matched": 2, "missing": 0, "extra": 0, "max_box_diff": 0.0,
-                      "max_score_diff": 0.0, "min_mask_iou": 1.0, "mean_mask_iou": 1.0}
+                      "max_score_diff": 0.0, "min_mask_iou": 1.0, "mean_mask_iou": 1.0,
+                      "min_mask_iou_beyond_1px": None}
 
 
 def test_differences_are_measured_over_the_pairs():
@@ -40,6 +41,17 @@ def test_differences_are_measured_over_the_pairs():
     assert abs(result["max_score_diff"] - 0.0005) < 1e-6
     assert abs(result["min_mask_iou"] - 0.9) < 1e-6
     assert abs(result["mean_mask_iou"] - 0.95) < 1e-6
+    assert abs(result["min_mask_iou_beyond_1px"] - 0.9) < 1e-6
+
+
+def test_masks_differing_in_one_pixel_are_told_apart():
+    one_off = _mask(0, 10)
+    one_off[19, 9] = False  # 99 of 100 pixels
+    a = _instances([[0, 0, 10, 10]], [0.9], [1], [_mask(0, 10)])
+    b = _instances([[0, 0, 10, 10]], [0.9], [1], [one_off])
+    result = match_instances(a, b)
+    assert abs(result["min_mask_iou"] - 0.99) < 1e-6
+    assert result["min_mask_iou_beyond_1px"] is None
 
 
 def test_another_class_or_a_distant_box_is_no_partner():

@@ -17,7 +17,7 @@ from d2_finetune.export import (ExportedModel, ExportedPredictor, ExportError, e
                                 summarize)
 from d2_finetune.predict import list_images, predict_images
 
-from export_support import (PREDICT, compare, confident_init, eager_model,
+from export_support import (PREDICT, assert_parity, compare, confident_init, eager_model,
                              export_cfg, exported, run_script)
 
 
@@ -89,11 +89,7 @@ def test_predict_script_with_an_exported_model_writes_what_eager_prediction_writ
             {k: record[k] for k in ("file_name", "height", "width")}
         assert len(exported_record["instances"]) == len(record["instances"]) == 20
         results.append(compare(_instances(record), _instances(exported_record), min_score=0.3))
-    summary = summarize(results)
-    assert summary["compared"] >= 10 and summary["matched"] == summary["compared"], summary
-    assert summary["extra"] == 0, summary
-    assert summary["max_box_diff"] <= 1.0 and summary["max_score_diff"] <= 1e-3, summary
-    assert summary["min_mask_iou"] >= 0.98, summary
+    assert_parity(summarize(results), min_compared=10)
 
 
 def test_predict_with_an_exported_model_takes_no_config(onnx_model, cityscapes_root, tmp_path):
