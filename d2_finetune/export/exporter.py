@@ -15,7 +15,6 @@ ROIAlignV2) is exported as the unaligned one, off by half a pixel without an err
 """
 import contextlib
 import copy
-import datetime
 import logging
 import os
 import shutil
@@ -24,20 +23,17 @@ import warnings
 import numpy as np
 import torch
 
-import detectron2
-from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import locate
 
-from .. import __version__
 from ..postprocess import SUPPORTED_FIELDS, postprocess, raw_instances
 from .compare import match_instances, summarize, within
 from .errors import EXPORT_EXTRA, ExportError
-from .manifest import (FORMAT_VERSION, MANIFEST, MODEL_FILES, resize_augmentations,
-                       resize_policy, resized_shape, sha256_file, write_manifest)
+from .manifest import (MANIFEST, MODEL_FILES, build_manifest, dataset_classes, eval_dataset,
+                       resize_augmentations, resize_policy, resized_shape, sha256_file,
+                       thresholds, write_manifest)
 from .runtime import load_graph
 
 __all__ = ["export_model", "check_request", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "FORMATS"]
@@ -74,7 +70,7 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
     if model is None:
         _check_architecture(cfg)
     resize = resize_policy(cfg)
-    classes = _classes(cfg)
+    classes = dataset_classes(cfg)
     created = not os.path.isdir(output_dir)
     path = os.path.join(output_dir, MODEL_FILES[fmt])
     tmp = path + ".tmp"
@@ -110,38 +106,10 @@ def export_model(cfg, output_dir, fmt, opset=DEFAULT_OPSET, sample_image=None, m
         if os.path.exists(tmp):
             os.remove(tmp)
 
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "format": fmt,
-        "model_file": os.path.basename(path),
-        "model_sha256": model_sha256,
-        "classes": classes,
-        "thing_colors": _thing_colors(cfg),
-        "dataset": _test_dataset(cfg),
-        "input": {
-            "format": input_format,
-            "layout": "one (3, H, W) float32 image, 0-255, resized as 'resize' says",
-            "resize": resize,
-            "dynamic_size": fixed is None,
-            "fixed_size": fixed,
-            "size_divisibility": int(model.backbone.size_divisibility),
-            "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
-            "pixel_std": [float(v) for v in model.pixel_std.flatten()],
-            "checked_sizes": verification.pop("sizes"),
-            "traced_with": sample_name,
-        },
-        "outputs": outputs,
-        "postprocess": _thresholds(model),
-        "verification": verification,
-        "source": {
-            **(source or {}),
-            "checkpoint": cfg.train.get("init_checkpoint") or None,
-            "checkpoint_sha256": _checkpoint_sha256(cfg.train.get("init_checkpoint")),
-        },
-        "onnx_opset": opset if fmt == "onnx" else None,
-        "versions": _versions(fmt),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    manifest = build_manifest(
+        cfg, model, fmt=fmt, model_file=os.path.basename(path), model_sha256=model_sha256,
+        classes=classes, resize=resize, fixed_size=fixed, outputs=outputs,
+        verification=verification, traced_with=sample_name, opset=opset, source=source)
     write_manifest(output_dir, manifest)
     logger.info(f"Exported {type(model).__name__} to {path} and {MANIFEST}; checked against the "
                 f"eager model at {manifest['input']['checked_sizes']}: {verification}")
@@ -269,7 +237,7 @@ def _verify(model, graph, sample, fixed_size):
         images.append(torch.nn.functional.interpolate(
             sample[None], size=(h * 3 // 4 + 5, w * 3 // 4 + 3), mode="bilinear",
             align_corners=False)[0].round())
-    thresh = float(_thresholds(model)["score_threshold"])
+    thresh = float(thresholds(model)["score_threshold"])
     results = []
     for index, image in enumerate(images):
         h, w = image.shape[-2:]
@@ -338,7 +306,7 @@ def _first_test_image(cfg):
     from detectron2.data import DatasetCatalog
 
     try:
-        dicts = DatasetCatalog.get(_test_dataset(cfg))
+        dicts = DatasetCatalog.get(eval_dataset(cfg))
         return dicts[0]["file_name"] if dicts else None
     except Exception as e:  # no images on this machine: trace with noise
         logger.info(f"Tracing with random noise: the test set's images are not available ({e}).")
@@ -359,53 +327,3 @@ def _tracing_quietly():
                         "torch.meshgrid"):
             warnings.filterwarnings("ignore", message=message)
         yield
-
-
-def _test_dataset(cfg):
-    names = cfg.dataloader.test.dataset.names
-    return names if isinstance(names, str) else list(names)[0]
-
-
-def _classes(cfg):
-    classes = MetadataCatalog.get(_test_dataset(cfg)).get("thing_classes")
-    if not classes:
-        raise ExportError(f"The test dataset {_test_dataset(cfg)} has no thing_classes to name "
-                          "the exported model's classes.")
-    return list(classes)
-
-
-def _thing_colors(cfg):
-    colors = MetadataCatalog.get(_test_dataset(cfg)).get("thing_colors")
-    return [list(map(int, c)) for c in colors] if colors else None
-
-
-def _thresholds(model):
-    predictor = model.roi_heads.box_predictor
-    return {
-        "score_threshold": float(predictor.test_score_thresh),
-        "nms_threshold": float(predictor.test_nms_thresh),
-        "detections_per_image": int(predictor.test_topk_per_image),
-        "mask_threshold": 0.5,
-    }
-
-
-def _checkpoint_sha256(path):
-    if not path:
-        return None
-    try:
-        return sha256_file(PathManager.get_local_path(path))
-    except Exception:  # a URL not in the local cache
-        return None
-
-
-def _versions(fmt):
-    import torchvision
-
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                "detectron2": detectron2.__version__, "d2_finetune": __version__}
-    if fmt == "onnx":
-        import onnx
-        import onnxruntime
-
-        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
-    return versions

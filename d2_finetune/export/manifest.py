@@ -6,25 +6,36 @@ test-time resize that makes its input, the channel order and the thresholds it w
 are here, with the sha256 of the model file it describes (a model and a manifest that do not
 belong together are refused). See docs/export.md for every key.
 """
+import datetime
 import hashlib
 import json
 import os
 
-from detectron2.config import instantiate
-from detectron2.data import transforms as T
+import torch
 
+import detectron2
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.utils.file_io import PathManager
+
+from .. import __version__
 from .errors import ExportError
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "MODEL_FILES",
+    "build_manifest",
+    "dataset_classes",
+    "eval_dataset",
     "format_of",
     "read_manifest",
     "resize_augmentations",
     "resize_policy",
     "resized_shape",
     "sha256_file",
+    "thresholds",
     "write_manifest",
 ]
 
@@ -182,3 +193,91 @@ def read_manifest(model_path, check_hash=True):
             )
     return manifest
 
+
+def build_manifest(cfg, model, *, fmt, model_file, model_sha256, classes, resize, fixed_size,
+                   outputs, verification, traced_with, opset, source):
+    """The content of ``export.json`` for an export of ``cfg``'s ``model`` (docs/export.md)."""
+    verification = dict(verification)
+    checkpoint = cfg.train.get("init_checkpoint") or None
+    return {
+        "format_version": FORMAT_VERSION,
+        "format": fmt,
+        "model_file": model_file,
+        "model_sha256": model_sha256,
+        "classes": classes,
+        "thing_colors": _thing_colors(cfg),
+        "dataset": eval_dataset(cfg),
+        "input": {
+            "format": cfg.model.get("input_format", "BGR"),
+            "layout": "one (3, H, W) float32 image, 0-255, resized as 'resize' says",
+            "resize": resize,
+            "dynamic_size": fixed_size is None,
+            "fixed_size": fixed_size,
+            "size_divisibility": int(model.backbone.size_divisibility),
+            "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
+            "pixel_std": [float(v) for v in model.pixel_std.flatten()],
+            "checked_sizes": verification.pop("sizes"),
+            "traced_with": traced_with,
+        },
+        "outputs": outputs,
+        "postprocess": thresholds(model),
+        "verification": verification,
+        "source": {**(source or {}), "checkpoint": checkpoint,
+                   "checkpoint_sha256": _checkpoint_sha256(checkpoint)},
+        "onnx_opset": opset if fmt == "onnx" else None,
+        "versions": _versions(fmt),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def eval_dataset(cfg):
+    """The config's (first) test dataset: it names the exported model's classes."""
+    names = cfg.dataloader.test.dataset.names
+    return names if isinstance(names, str) else list(names)[0]
+
+
+def dataset_classes(cfg):
+    """The class names of the config's test dataset (index = predicted class)."""
+    classes = MetadataCatalog.get(eval_dataset(cfg)).get("thing_classes")
+    if not classes:
+        raise ExportError(f"The test dataset {eval_dataset(cfg)} has no thing_classes to name "
+                          "the exported model's classes.")
+    return list(classes)
+
+
+def _thing_colors(cfg):
+    colors = MetadataCatalog.get(eval_dataset(cfg)).get("thing_colors")
+    return [list(map(int, c)) for c in colors] if colors else None
+
+
+def thresholds(model):
+    """The box predictor's test-time thresholds, fixed in the graph at export."""
+    predictor = model.roi_heads.box_predictor
+    return {
+        "score_threshold": float(predictor.test_score_thresh),
+        "nms_threshold": float(predictor.test_nms_thresh),
+        "detections_per_image": int(predictor.test_topk_per_image),
+        "mask_threshold": 0.5,
+    }
+
+
+def _checkpoint_sha256(path):
+    if not path:
+        return None
+    try:
+        return sha256_file(PathManager.get_local_path(path))
+    except Exception:  # a URL not in the local cache
+        return None
+
+
+def _versions(fmt):
+    import torchvision
+
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                "detectron2": detectron2.__version__, "d2_finetune": __version__}
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return versions
