@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a config's fine-tuned model for deployment: TorchScript or ONNX, with export.json.
+r"""Export a config's fine-tuned model for deployment: TorchScript or ONNX, with export.json.
 
     python scripts/export_model.py --config-file configs/cityscapes_ft.py --format onnx \
         --output deploy/ train.init_checkpoint=output/model_final.pth
