@@ -277,6 +277,81 @@ def test_a_prediction_the_post_processing_cannot_map_is_refused(eager, cfg, tmp_
         export_model(cfg, str(tmp_path / "deploy"), "torchscript", model=model)
 
 
+def test_an_output_that_is_a_file_is_refused(cfg, tmp_path):
+    (tmp_path / "deploy").write_text("x")
+    with pytest.raises(ExportError, match=f"--output {tmp_path}/deploy is a file: give a folder."):
+        export_model(cfg, str(tmp_path / "deploy"), "torchscript")
+
+
+def test_a_test_dataset_without_class_names_is_refused(cfg, tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    if "export_test_nameless" not in DatasetCatalog.list():
+        DatasetCatalog.register("export_test_nameless", lambda: [])
+    cfg.dataloader.test.dataset.names = "export_test_nameless"
+    with pytest.raises(ExportError, match="The test dataset export_test_nameless has no "
+                       "thing_classes to name the exported model's classes."):
+        export_model(cfg, str(tmp_path / "deploy"), "torchscript")
+
+
+def test_a_sample_image_that_cannot_be_read_is_refused(eager, cfg, tmp_path):
+    with pytest.raises(ExportError, match=f"--sample-image {tmp_path}/nope.png cannot be read "
+                       "as an image"):
+        export_model(cfg, str(tmp_path / "deploy"), "torchscript", model=eager[0],
+                     sample_image=str(tmp_path / "nope.png"))
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_a_model_without_a_proposal_generator_is_refused(eager, cfg, tmp_path):
+    model = eager[0]
+    proposal_generator = model.proposal_generator  # (monkeypatch deletes a submodule on undo)
+    model.proposal_generator = None
+    try:
+        with pytest.raises(ExportError, match=r"takes precomputed proposals "
+                           r"\(model.proposal_generator=None\), which an exported graph cannot."):
+            export_model(cfg, str(tmp_path / "deploy"), "torchscript", model=model)
+    finally:
+        model.proposal_generator = proposal_generator
+
+
+def test_a_model_returning_something_else_than_instances_is_refused(eager, cfg, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setattr(eager[0], "inference",
+                        lambda *args, **kwargs: [(torch.zeros(2, 4), torch.zeros(2))])
+    with pytest.raises(ExportError, match="GeneralizedRCNN does not return one Instances per "
+                       "image, which the export needs."):
+        export_model(cfg, str(tmp_path / "deploy"), "torchscript", model=eager[0])
+
+
+def test_a_graph_that_does_not_reproduce_the_eager_model_is_not_written(eager, cfg, tmp_path,
+                                                                       monkeypatch):
+    """A graph that computes something else than the eager model (as an export to opset 11
+    would), simulated: the graph's scores raised by 0.01."""
+    from d2_finetune.export import exporter
+
+    load_graph = exporter.load_graph
+
+    def shifted(*args, **kwargs):
+        graph = load_graph(*args, **kwargs)
+
+        def run(image):
+            outputs = graph(image)
+            outputs["scores"] = outputs["scores"] + 0.01
+            return outputs
+
+        return run
+
+    monkeypatch.setattr(exporter, "load_graph", shifted)
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "model.ts").write_bytes(b"an earlier export")
+    with pytest.raises(ExportError, match="The exported graph does not reproduce the eager model "
+                       "on the image it was traced with: scores differ by up to 0.01."):
+        export_model(cfg, str(tmp_path / "deploy"), "torchscript", model=eager[0])
+    # The earlier export is left as it was, and nothing else.
+    assert sorted(os.listdir(tmp_path / "deploy")) == ["model.ts"]
+    assert (tmp_path / "deploy" / "model.ts").read_bytes() == b"an earlier export"
+
+
 def test_export_script_reports_bad_input_in_one_line_before_loading_anything(tmp_path):
     # The demo config's data root does not exist here: the opset is refused first.
     code, _, err = run_script(EXPORT, "--config-file", DEMO_CONFIG, "--format", "onnx",

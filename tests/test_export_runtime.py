@@ -195,3 +195,17 @@ def test_a_graph_that_onnxruntime_cannot_load(onnx_model, tmp_path):
     (tmp_path / "deploy" / "export.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match=f"onnxruntime cannot load {broken}: "):
         ExportedModel(str(broken))
+
+
+def test_a_torchscript_file_that_cannot_be_loaded(onnx_model, tmp_path):
+    from d2_finetune.export.manifest import sha256_file
+
+    (tmp_path / "deploy").mkdir()
+    broken = tmp_path / "deploy" / "model.ts"
+    broken.write_bytes(b"not a TorchScript archive")
+    manifest = json.loads(open(os.path.join(os.path.dirname(onnx_model), "export.json")).read())
+    manifest.update(format="torchscript", model_file="model.ts",
+                    model_sha256=sha256_file(str(broken)))
+    (tmp_path / "deploy" / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=f"TorchScript cannot load {broken}: "):
+        ExportedModel(str(broken))
