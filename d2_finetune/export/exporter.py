@@ -9,8 +9,8 @@ threshold and NMS, mask head, in the graph. Out: boxes in the input's pixels, sc
 :func:`d2_finetune.postprocess.postprocess` after it run outside (docs/export.md).
 
 ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``): the dynamo exporter
-fails on detectron2's R-CNN (a data-dependent branch in the RPN; torchvision's ``roi_align``
-after it). Its opset must be 16 or later: RoiAlign gained
+fails on detectron2's R-CNN (on a data-dependent branch in the RPN, and by pytorch#175732 on
+torchvision's ``roi_align``). Its opset must be 16 or later: RoiAlign gained
 ``coordinate_transformation_mode`` there, and before it "aligned" RoIAlign (detectron2's
 ROIAlignV2) is exported as the unaligned one, off by half a pixel without an error.
 """
