@@ -12,7 +12,7 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(VPY) setup.py scripts/setup_env.py
-	$(VPY) scripts/setup_env.py
+	$(VPY) scripts/setup_env.py --extras test,export
 	touch $@
 
 test: $(STAMP)

@@ -9,15 +9,17 @@ import pycocotools.mask as mask_util
 import torch
 
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.data import Metadata, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .engine.resolve import prepare_config
 from .engine.weights import load_for_inference
 from .errors import UserError
+from .postprocess import postprocess
 
 __all__ = ["Predictor", "predict_images", "list_images", "instances_to_json", "run_predict"]
 
@@ -50,6 +52,10 @@ class Predictor:
         self.augmentations(aug_input)
         tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
         inputs = {"image": tensor.to(self.device), "height": height, "width": width}
+        if isinstance(self.model, GeneralizedRCNN):
+            # The network, then the post-processing that exported models share.
+            raw = self.model.inference([inputs], do_postprocess=False)[0]
+            return postprocess(raw, height, width).to("cpu")
         return self.model([inputs])[0]["instances"].to("cpu")
 
 
@@ -89,13 +95,18 @@ def instances_to_json(instances, class_names):
 def predict_images(predictor, paths, output_dir, metadata_name, confidence=0.5, input_root=None):
     """Write ``<name>.png`` (visualised) and ``<name>.json`` for each image into ``output_dir``.
 
+    ``metadata_name`` names a registered dataset whose classes (and colours) the pictures and
+    JSON use, or is that ``Metadata`` itself.
+
     Output names mirror the inputs' paths relative to ``input_root`` and never leave
     ``output_dir``.
 
     Returns:
         list[str]: the JSON files written.
     """
-    metadata = MetadataCatalog.get(metadata_name)
+    metadata = (
+        metadata_name if isinstance(metadata_name, Metadata) else MetadataCatalog.get(metadata_name)
+    )
     class_names = metadata.get("thing_classes")
     output_root = os.path.realpath(output_dir)
     os.makedirs(output_root, exist_ok=True)
@@ -134,6 +145,8 @@ def run_predict(args):
     if not 0 <= args.confidence <= 1:
         raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}.")
     paths = list_images(args.input)
+    if getattr(args, "model", None):
+        return _predict_exported(args, paths)
     # The record of the weights loaded (inference_weights.json) goes beside the predictions.
     cfg = prepare_config(
         args.config_file, args.opts, training=False, settings={"train.output_dir": args.output}
@@ -147,6 +160,28 @@ def run_predict(args):
         paths,
         args.output,
         dataset,
+        confidence=args.confidence,
+        input_root=root,
+    )
+
+
+def _predict_exported(args, paths):
+    """``--model DIR/model.onnx|model.ts``: an exported model with its export.json, no config."""
+    from .export import ExportedModel, ExportedPredictor
+
+    if args.config_file or args.opts:
+        given = "--config-file" if args.config_file else f"the overrides {' '.join(args.opts)}"
+        raise UserError(
+            f"--model {args.model} takes its classes, resize and thresholds from its "
+            f"export.json: drop {given}."
+        )
+    model = ExportedModel(args.model)
+    root = args.input if os.path.isdir(args.input) else None
+    return predict_images(
+        ExportedPredictor(model),
+        paths,
+        args.output,
+        model.metadata(),
         confidence=args.confidence,
         input_root=root,
     )

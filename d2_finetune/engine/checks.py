@@ -146,7 +146,8 @@ def check_init_checkpoint(cfg, resume):
     if not os.path.isfile(path):
         raise CheckpointError(
             f"train.init_checkpoint={path}: no such file. Point it at a checkpoint "
-            "(.pkl or .pth), or set train.init_checkpoint='' to start from random weights."
+            "(.pkl or .pth; for --eval-only also an exported model.ts or model.onnx), or set "
+            "train.init_checkpoint='' to start from random weights."
         )
 
 

@@ -3,6 +3,7 @@ or a prediction runs with."""
 
 from ..checkpoint import FinetuneCheckpointer, fresh_tensors
 from ..errors import CheckpointError
+from ..export.runtime import is_exported_model, load_exported
 from ..modeling import build_model
 from .resolve import training_metadata
 
@@ -33,12 +34,16 @@ def load_for_inference(cfg):
     """The model of a resolved config with the weights of ``train.init_checkpoint``, refusing
     weights that leave any of its tensors at their random initialisation (e.g. a COCO checkpoint
     on an 8-class model: rider has no source), since it would predict with a partly random head.
+    An exported model (``model.ts``, ``model.onnx`` with its ``export.json``) runs as exported,
+    once it is checked to fit the config's test data.
     The load is recorded in ``<output_dir>/inference_weights.json``, apart from ``transfer.json``
     (which tells how a training run in the same folder started)."""
     if not cfg.train.init_checkpoint:
         raise CheckpointError(
             "No weights to predict with: set train.init_checkpoint=<output_dir>/model_final.pth."
         )
+    if is_exported_model(cfg.train.init_checkpoint):
+        return load_exported(cfg)
     model = build_model(cfg)
     report = build_checkpointer(cfg, model, record_name="inference_weights.json").load(
         cfg.train.init_checkpoint
