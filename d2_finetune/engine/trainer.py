@@ -29,6 +29,7 @@ from ..solver import resolve_schedule
 from .checks import check_output_dir, checkpoint_bytes
 from .distributed import broadcast
 from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
+from .preemption import StopOnSignal
 from .state import RNGState
 
 __all__ = [
@@ -314,6 +315,7 @@ class FinetuneTrainer(DefaultTrainer):
             ret.append(BestCheckpointer(cfg.train.eval_period, self.checkpointer, best.name,
                                         mode=best.get("mode", "max"),
                                         patience=cfg.train.get("patience", 0)))
+        ret.append(StopOnSignal())  # after the hooks that may stop training themselves
         if comm.is_main_process():
             writers = self.build_writers()
             json_writers = [w for w in writers if isinstance(w, JSONWriter)]
