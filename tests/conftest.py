@@ -15,11 +15,18 @@ def run_script(name, args, timeout=300, check=True, **kwargs):
     Returns:
         subprocess.CompletedProcess with text stdout and stderr.
     """
-    import signal
-    import subprocess
     import sys
 
     command = [sys.executable, os.path.join(REPO, "scripts", f"{name}.py"), *args]
+    return run_command(command, timeout, check, name=f"{name}.py", **kwargs)
+
+
+def run_command(command, timeout=300, check=True, name=None, **kwargs):
+    """:func:`run_script` for any command (``torchrun ...``): bounded, its group killed."""
+    import signal
+    import subprocess
+
+    name = name or command[0]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **kwargs)
     try:
@@ -27,7 +34,7 @@ def run_script(name, args, timeout=300, check=True, **kwargs):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"{name}.py did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+        raise AssertionError(f"{name} did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
     done = subprocess.CompletedProcess(command, proc.returncode, out, err)
     if check and done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}\n{out[-3000:]}\n{err[-3000:]}")
