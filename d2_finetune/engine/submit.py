@@ -3,9 +3,9 @@
 :func:`plan_submission` turns ``scripts/submit.py``'s options and the config into what would be
 submitted -- sbatch parameters and the ``scripts/train_net.py`` command each task runs --
 checking everything it can first, so bad input is refused before anything is submitted or
-written. :func:`submit` hands it to submitit, which writes the job's files and logs to
-``<train.output_dir>/submitit/<job id>/``; the job ids are appended to
-``<train.output_dir>/submitit/jobs.txt``.
+written. :func:`submit` hands it to submitit, which writes the job's submission and the logs of
+each task to ``<train.output_dir>/submitit/<job id>_<task>_log.{out,err}``; the job ids are
+appended to ``<train.output_dir>/submitit/jobs.txt``.
 
 Each task runs ``scripts/train_net.py`` in its own process (:class:`TrainJob`), which joins the
 job's other tasks (:func:`.launch.processes_from_env`: rank from SLURM, the rendezvous at the
@@ -32,11 +32,12 @@ from . import preemption
 from .checks import check_config, check_init_checkpoint, check_output_dir
 
 __all__ = ["Plan", "TrainJob", "plan_submission", "describe", "submit", "submit_argument_parser",
-           "check_shared_output_dir"]
+           "check_shared_output_dir", "task_argv", "with_resume"]
 
 SUBMITIT_FOLDER = "submitit"
-# Folders that are local to each machine on any cluster, and file systems held in memory.
-LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+# Folders that are local to each machine on any cluster, and file systems held in memory
+# (/dev/shm, /run).
+LOCAL_DIRS = ("/tmp", "/var/tmp")
 LOCAL_FS_TYPES = ("tmpfs", "ramfs", "devtmpfs")
 DEFAULT_SIGNAL_DELAY_S = 120
 DEFAULT_MAX_TIMEOUTS = 10
@@ -118,8 +119,7 @@ def _positive(value, option, allow_zero=False):
 
 
 def plan_submission(args, script):
-    """Check the options and the config and return the :class:`Plan`; writes nothing but the
-    output folder's write probe.
+    """Check the options and the config and return the :class:`Plan`; writes nothing.
 
     Raises:
         ConfigError: a partition, node count or time limit missing, GPUs asked for a CPU-only
@@ -127,7 +127,8 @@ def plan_submission(args, script):
             job's nodes cannot write.
     """
     if not args.config_file:
-        raise ConfigError("No config file given: pass --config-file, e.g. configs/cityscapes_ft.py.")
+        raise ConfigError(
+            "No config file given: pass --config-file, e.g. configs/cityscapes_ft.py.")
     slurm = args.cluster == "slurm"
     for option in ("--partition", "--nodes", "--timeout-min"):
         if slurm and getattr(args, option[2:].replace("-", "_")) is None:
@@ -158,7 +159,7 @@ def plan_submission(args, script):
     output_dir = os.path.abspath(os.path.expanduser(cfg.train.output_dir))
     if slurm and not args.output_is_shared:
         check_shared_output_dir(output_dir)
-    check_output_dir(output_dir)
+    _check_writable(output_dir)
 
     argv = ["--config-file", os.path.abspath(args.config_file)]
     argv += [flag for flag, on in (("--resume", args.resume), ("--eval-only", args.eval_only),
@@ -235,16 +236,33 @@ def _tasks_per_node(args, device, slurm):
     return gpus
 
 
+def _check_writable(path):
+    """``path`` is a folder that can be written, or can be created where it is; creates nothing
+    (:func:`.checks.check_output_dir` probes it once it exists)."""
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            check_output_dir(path)  # a write probe, left nowhere
+        return
+    reason = "Permission denied" if os.path.isdir(existing) else "Not a directory"
+    raise ConfigError(
+        f"train.output_dir={path} is not writable ({reason}: {existing}): choose a folder you can "
+        "write to."
+    )
+
+
 def check_shared_output_dir(path):
     """Refuse an output folder that the job's machines cannot share: one under a folder that
-    is local to each machine of a cluster (``/tmp``, ``/var/tmp``, ``/dev/shm``) or on a file
-    system held in this machine's memory. The job reads its submission from there and every
-    node writes its logs there."""
+    is local to each machine of a cluster (``/tmp``, ``/var/tmp``) or on a file system held in
+    this machine's memory (tmpfs: ``/dev/shm``, ``/run``). The job reads its submission from
+    there and every node writes its logs there."""
     real = os.path.realpath(path)
     local = next((d for d in LOCAL_DIRS if real == d or real.startswith(d + os.sep)), None)
     fs_type = None if local else _fs_type(real)
     if local or fs_type in LOCAL_FS_TYPES:
-        where = f"under {local}, which each machine has its own of" if local else \
+        where = f"under {local}, which is a different folder on every machine" if local else \
             f"on a {fs_type} file system, in this machine's memory"
         raise ConfigError(
             f"train.output_dir={path} is {where}: the job's nodes cannot read its submission "
@@ -323,6 +341,7 @@ def submit(plan, wait=False):
             ) from None
     else:
         executor = submitit.LocalExecutor(folder=plan.folder, max_num_timeout=plan.max_timeouts)
+    os.makedirs(plan.folder, exist_ok=True)
     executor.update_parameters(**plan.parameters)
     job_fn = TrainJob(plan.script, plan.argv)
     saved = os.environ.get("MASTER_PORT")
@@ -401,9 +420,7 @@ class TrainJob(_Checkpointable):
         env = submitit.JobEnvironment()
         # Started now, it tells a signal at the time limit from a preemption.
         requeue = SignalHandler(env, env.paths, DelayedSubmission.load(env.paths.submitted_pickle))
-        argv = self.argv
-        if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
-            argv = with_resume(argv)  # SLURM restarted the job: continue its checkpoints
+        argv = task_argv(self.argv)
         saved = sys.argv
         sys.argv = [self.script, *argv]
         try:
@@ -427,6 +444,18 @@ class TrainJob(_Checkpointable):
         from submitit.core.utils import DelayedSubmission
 
         return DelayedSubmission(TrainJob(self.script, with_resume(self.argv)))
+
+
+def task_argv(argv, environ=None):
+    """The command line a task runs: ``argv``, with ``--resume`` when SLURM restarted the job
+    (``$SLURM_RESTART_COUNT`` > 0: a node failure, a preemption without the signal), which then
+    continues from its last complete checkpoint."""
+    env = os.environ if environ is None else environ
+    try:
+        restarts = int(env.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restarts = 0
+    return with_resume(argv) if restarts > 0 else list(argv)
 
 
 def with_resume(argv):
