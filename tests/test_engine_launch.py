@@ -12,9 +12,17 @@ import sys
 import time
 
 import pytest
-import torch
 
-from conftest import DEMO_CONFIG, REPO, error_lines, run_command, run_script, tiny_overrides
+from conftest import (
+    DEMO_CONFIG,
+    REPO,
+    TWO_PROCESS_ENV,
+    assert_same_training,
+    error_lines,
+    final_weights,
+    run_command,
+    two_process_overrides,
+)
 from d2_finetune.engine.launch import (
     ERROR_DIR_ENV,
     PORT_RANGE,
@@ -93,7 +101,8 @@ SLURM = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELI
 def test_nothing_started_this_process_so_launch_starts_them():
     assert processes_from_env({}) is None
     # A batch script or an salloc shell: SLURM variables, but no step of several tasks.
-    assert processes_from_env({**SLURM, "SUBMITIT_EXECUTOR": "", "SLURM_STEP_NUM_TASKS": "1"}) is None
+    batch_step = {**SLURM, "SUBMITIT_EXECUTOR": "", "SLURM_STEP_NUM_TASKS": "1"}
+    assert processes_from_env(batch_step) is None
     assert processes_from_env({k: v for k, v in SLURM.items() if k != "SUBMITIT_EXECUTOR"}) is None
 
 
@@ -118,12 +127,14 @@ def test_slurm_environment_meets_at_the_first_node_on_a_port_from_the_job_id(mon
     assert processes_from_env({**SLURM, "MASTER_PORT": "12345"}).dist_url == "tcp://gpu07:12345"
     # srun without submitit: a step of several tasks, described by the step's variables.
     step = {k: v for k, v in SLURM.items() if k != "SUBMITIT_EXECUTOR"}
-    step.update(SLURM_STEP_NUM_TASKS="8", SLURM_STEP_NUM_NODES="2", SLURM_STEP_NODELIST="gpu[07-08]")
+    step.update(SLURM_STEP_NUM_TASKS="8", SLURM_STEP_NUM_NODES="2",
+                SLURM_STEP_NODELIST="gpu[07-08]")
     assert processes_from_env(step) == processes
 
 
 def test_submitit_local_environment():
-    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1",
+    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_GLOBALID": "1",
+           "SUBMITIT_LOCAL_LOCALID": "1",
            "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_ID": "777", "MASTER_PORT": "29999"}
     assert processes_from_env(env) == Processes("submitit's local executor", 1, 2, 1, 2, 0, 1,
                                                 "tcp://127.0.0.1:29999")
@@ -181,46 +192,11 @@ def test_options_that_contradict_torchrun_are_refused(monkeypatch):
 
 TIMEOUT = 150  # seconds for one run; each takes about 15-25 on 2 cores
 TRAIN_NET = os.path.join(REPO, "scripts", "train_net.py")
-# torchrun gives each process one thread; the runs compared with it do the same.
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
+ENV = TWO_PROCESS_ENV
 
 
 def overrides(root, init, out):
-    return tiny_overrides(root, out, **{
-        "train.init_checkpoint": init, "train.max_iter": 6, "lr_multiplier.steps": [5],
-        "train.checkpointer.period": 100, "dataloader.test.batch_size": 1,
-        # 6 iterations leave every score under detectron2's 0.05: keep some to compare.
-        "model.roi_heads.box_predictor.test_score_thresh": 0.01,
-    })
-
-
-def weights(folder):
-    return torch.load(os.path.join(folder, "model_final.pth"), map_location="cpu",
-                      weights_only=True)
-
-
-def predictions(folder):
-    with open(os.path.join(folder, "inference", "coco_instances_results.json")) as f:
-        return json.load(f)
-
-
-def assert_same_run(folder, reference):
-    """Trained to the same weights, evaluated to the same predictions, as ``reference``."""
-    ours, theirs = weights(folder), weights(reference)
-    assert ours["iteration"] == theirs["iteration"] == 5
-    for key, value in theirs["model"].items():
-        assert torch.equal(ours["model"][key], value), key
-    assert predictions(folder) == predictions(reference)
-
-
-@pytest.fixture(scope="module")
-def reference(cityscapes_root, tiny_init, tmp_path_factory):
-    """--num-gpus 2: the processes spawned by train_net.py, 6 iterations, then evaluation."""
-    out = str(tmp_path_factory.mktemp("launch") / "num_gpus_2")
-    run_script("train_net", ["--config-file", DEMO_CONFIG, "--num-gpus", "2",
-                             *overrides(cityscapes_root, tiny_init, out)], timeout=TIMEOUT, env=ENV)
-    assert len(predictions(out)) > 0  # there are predictions to compare
-    return out
+    return two_process_overrides(root, init, out)
 
 
 def torchrun(*args):
@@ -228,17 +204,18 @@ def torchrun(*args):
             TRAIN_NET, "--config-file", DEMO_CONFIG, *args]
 
 
-def test_torchrun_trains_and_evaluates_as_num_gpus_2(reference, cityscapes_root, tiny_init,
-                                                     tmp_path):
+def test_torchrun_trains_and_evaluates_as_num_gpus_2(two_process_reference, cityscapes_root,
+                                                     tiny_init, tmp_path):
     out = str(tmp_path / "torchrun")
     proc = run_command(torchrun(*overrides(cityscapes_root, tiny_init, out)), TIMEOUT, env=ENV)
     assert "Rank of current process: 0. World size: 2" in proc.stdout + proc.stderr
     with open(os.path.join(out, "log.txt.rank1")) as f:
         assert "Rank of current process: 1. World size: 2" in f.read()
-    assert_same_run(out, reference)
+    assert_same_training(out, two_process_reference)
 
 
-def test_two_machines_on_one_host_share_no_files(reference, cityscapes_root, tiny_init, tmp_path):
+def test_two_machines_on_one_host_share_no_files(two_process_reference, cityscapes_root, tiny_init,
+                                                 tmp_path):
     """--num-machines 2, one process each, each with its own output folder and dataset cache:
     they train and evaluate as --num-gpus 2 does; only the first machine writes checkpoints
     and results."""
@@ -261,7 +238,7 @@ def test_two_machines_on_one_host_share_no_files(reference, cityscapes_root, tin
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
     assert [p.returncode for p in procs] == [0, 0], [log[-3000:] for log in logs]
-    assert_same_run(outs[0], reference)
+    assert_same_training(outs[0], two_process_reference)
     with open(os.path.join(outs[1], "log.txt.rank1")) as f:
         assert "Rank of current process: 1. World size: 2" in f.read()
     assert not glob.glob(os.path.join(outs[1], "*.pth")) and not os.path.exists(
@@ -290,7 +267,7 @@ def test_the_stop_signal_to_train_net_stops_both_workers_after_one_iteration(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log[-3000:]
-    stopped = weights(out)["iteration"]
+    stopped = final_weights(out)["iteration"]
     assert 1 <= stopped < 5
     message = (f"Stopped after iteration {stopped} on SIGUSR2 (preemption or time limit): "
                "model_final.pth holds this iteration's complete state")
@@ -300,7 +277,7 @@ def test_the_stop_signal_to_train_net_stops_both_workers_after_one_iteration(
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert f.read().strip() == "model_final.pth"
     assert not os.path.exists(os.path.join(out, "inference"))  # no evaluation before the end
-    state = weights(out)
+    state = final_weights(out)
     assert len(state["rng"]["ranks"]) == 2  # the random state of both processes
     assert state["sampler"]["seed"] == 0
 
