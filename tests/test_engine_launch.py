@@ -187,6 +187,21 @@ def test_options_that_contradict_torchrun_are_refused(monkeypatch):
         use_processes_from_env(args(num_gpus=1, dist_url="tcp://h:1"))
 
 
+def test_a_slurm_task_has_the_cores_slurm_gave_it(monkeypatch):
+    """Loader workers ("auto") come from these cores: a SLURM task is one training process,
+    often bound to its own --cpus-per-task cores, which are not shared by the node's tasks."""
+    import importlib
+
+    from d2_finetune.engine.launch import cores_per_process
+
+    launch_module = importlib.import_module("d2_finetune.engine.launch")
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "10")
+    assert cores_per_process() == len(os.sched_getaffinity(0))  # not joined: its own cores
+    monkeypatch.setattr(launch_module, "_joined", processes_from_env(SLURM))
+    assert cores_per_process() == 10
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs: --num-gpus 2, torchrun, two "machines" on one host, the stop signal
 

@@ -46,8 +46,8 @@ from detectron2.utils import comm
 from ..errors import ConfigError, UserError
 from . import preemption
 
-__all__ = ["Processes", "expand_hostlist", "launch", "processes_from_env", "report_in_launcher",
-           "use_processes_from_env"]
+__all__ = ["Processes", "cores_per_process", "expand_hostlist", "launch", "processes_from_env",
+           "report_in_launcher", "use_processes_from_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +419,19 @@ def _join(main, args, processes, timeout):
             _log_only(traceback.format_exc())
             sys.exit(1)
         raise
+
+
+def cores_per_process():
+    """The CPU cores this training process may use (for its loader workers): its own in a SLURM
+    task (``$SLURM_CPUS_PER_TASK``: each task is one process, often bound to its cores alone),
+    else the cores it may run on shared by the training processes of its machine."""
+    if _joined is not None and _joined.launcher == "SLURM":
+        try:
+            return max(int(os.environ["SLURM_CPUS_PER_TASK"]), 1)
+        except (KeyError, ValueError):
+            pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(cores // max(comm.get_local_size(), 1), 1)
 
 
 def _gpu_of(processes):

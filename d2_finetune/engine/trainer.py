@@ -29,6 +29,7 @@ from ..solver import resolve_schedule
 from .checks import check_output_dir, checkpoint_bytes
 from .distributed import broadcast
 from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
+from .launch import cores_per_process
 from .preemption import StopOnSignal
 from .state import RNGState
 
@@ -520,8 +521,7 @@ def default_num_workers():
     ``bench/train_throughput.py --runs ours+workers6,ours+workers15``). Hence half the cores
     less two, at least min(4, cores - 1), at most 8.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    per_process = max(cores // max(comm.get_local_size(), 1), 1)
+    per_process = cores_per_process()
     if per_process == 1:
         return 1
     return min(max(per_process // 2 - 2, min(4, per_process - 1)), 8)
