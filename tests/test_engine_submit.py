@@ -63,7 +63,7 @@ def test_dry_run_prints_the_sbatch_script_and_the_command_of_each_task(tmp_path)
     for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --signal=USR2@120",
                  "#SBATCH --account=proj", "#SBATCH --cpus-per-task=8",
-                 "#SBATCH --job-name=d2ft_cityscapes_demo",
+                 "#SBATCH --job-name=d2ft_cityscapes_demo", "#SBATCH --requeue",
                  f"#SBATCH --output={out}/submitit/%j_0_log.out",
                  "export SUBMITIT_EXECUTOR=slurm"]:
         assert f"\n  {line}\n" in text, line

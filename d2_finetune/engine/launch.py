@@ -408,9 +408,6 @@ def _join(main, args, processes, timeout):
     _joined = processes
     comm.create_local_process_group(processes.local_world_size)
     comm.synchronize()
-    logger.info(f"Joined the {processes.world_size} processes started by {processes.launcher} as "
-                f"rank {processes.rank} (local rank {processes.local_rank} on machine "
-                f"{processes.machine_rank})")
     try:
         return main(args)
     except Exception:

@@ -175,7 +175,10 @@ def plan_submission(args, script):
                       "signal_delay_s": args.signal_delay_s,
                       # A task that fails ends the others at once, instead of leaving them
                       # waiting for it in a collective.
-                      "srun_args": ["--kill-on-bad-exit=1"]}
+                      "srun_args": ["--kill-on-bad-exit=1"],
+                      # Requeueing (by the job itself, or by SLURM after a node failure or a
+                      # preemption) needs it where the cluster's default is not to requeue.
+                      "additional_parameters": {"requeue": True}}
         if args.gpus_per_node:
             parameters["gpus_per_node"] = args.gpus_per_node
         optional = {"account": args.account, "qos": args.qos, "constraint": args.constraint,
