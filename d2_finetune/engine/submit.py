@@ -311,6 +311,8 @@ def describe(plan, sbatch=False):
 
 
 def _show(value):
+    if isinstance(value, dict):
+        return ",".join(k if v is True else f"{k}={_show(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ",".join(shlex.quote(str(v)) for v in value)
     return shlex.quote(str(value))
