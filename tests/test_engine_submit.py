@@ -332,3 +332,24 @@ def logged_iteration(out, iteration):
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip().endswith("}")]
     return any(row.get("iteration", -1) >= iteration for row in rows)
+
+
+def test_a_job_that_meets_bad_input_ends_with_its_one_error_line(cityscapes_root, tiny_init,
+                                                                tmp_path):
+    """Corrupt images, met in training by one task or both: one ERROR line in the tasks' logs
+    (the first task to meet it; the other leaves without a traceback), and --wait prints it."""
+    import shutil
+
+    root = tmp_path / "corrupt"
+    shutil.copytree(cityscapes_root, root)
+    for image in (root / "cityscapes" / "leftImg8bit" / "train").rglob("*.png"):
+        image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    out = tmp_path / "run"
+    proc = run_script("submit", local_job(root, tiny_init, out), timeout=TIMEOUT, check=False,
+                      env=ENV)
+    line = assert_one_error_line(proc, r"^ERROR: Cannot use image .*_leftImg8bit\.png: OpenCV "
+                                       r"cannot decode it")
+    job = job_id(proc.stdout)
+    logs = "".join(task_log(out, job, task, stream) for task in (0, 1) for stream in ("out", "err"))
+    assert [x for x in logs.splitlines() if x.startswith("ERROR:")] == [line]
+    assert "Traceback" not in logs

@@ -374,13 +374,18 @@ def submit(plan, wait=False):
 
 
 def _wait(job, logs):
+    job.wait()
+    tasks = [job.task(t) for t in range(job.num_tasks)]
+    if not all(task.paths.result_pickle.exists() for task in tasks):
+        line = _first_error_line(job)  # a task stopped on bad input, without a result
+        if line:
+            raise UserError(line)
     try:
-        job.results()
+        job.results()  # waits a while for results a shared file system shows late
     except Exception as e:
-        line = _first_error_line(job)
         raise UserError(
-            line if line else f"Job {job.job_id} ended without completing ({type(e).__name__}); "
-            f"its logs: {logs}"
+            _first_error_line(job) or f"Job {job.job_id} ended without completing "
+            f"({type(e).__name__}); its logs: {logs}"
         ) from None
     print(f"Job {job.job_id} completed.", flush=True)
 
