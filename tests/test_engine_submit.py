@@ -2,13 +2,14 @@
 
 Without a cluster: what would be submitted (--dry-run, and a stand-in sbatch that records the
 script it gets), bad input refused before anything is submitted, and jobs of 2 tasks run end
-to end by submitit's local executor -- one uninterrupted, one signalled mid-training, which
-saves, requeues itself and ends with the weights and predictions of the uninterrupted one.
-Every run is bounded in time, its process group killed past it.
+to end by submitit's local executor: one signalled mid-training, which saves, requeues itself
+and ends with the weights and predictions of the uninterrupted --num-gpus 2 run; one that meets
+bad input. Every job is bounded in time, its process group killed past it.
 """
 import json
 import os
 import pickle
+import runpy
 import shlex
 import signal
 import stat
@@ -40,7 +41,23 @@ from d2_finetune.errors import ConfigError
 
 TIMEOUT = 180  # seconds for a job; each takes about 20-40 on 2 cores
 TRAIN_NET = os.path.join(REPO, "scripts", "train_net.py")
+SUBMIT = os.path.join(REPO, "scripts", "submit.py")
 ENV = TWO_PROCESS_ENV
+
+
+def run_submit_here(argv, capsys):
+    """scripts/submit.py run in this process (it only checks and prints here): its exit status
+    and output, as a CompletedProcess."""
+    saved, sys.argv = sys.argv, [SUBMIT, *argv]
+    try:
+        runpy.run_path(SUBMIT, run_name="__main__")
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    finally:
+        sys.argv = saved
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, status, out, err)
 
 
 def parse(*argv):
@@ -55,10 +72,11 @@ def gpu_job(out, *extra, config=DEMO_CONFIG):
             f"train.output_dir={out}"]
 
 
-def test_dry_run_prints_the_sbatch_script_and_the_command_of_each_task(tmp_path):
+def test_dry_run_prints_the_sbatch_script_and_the_command_of_each_task(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = run_script("submit", [*gpu_job(out, "--account", "proj", "--cpus-per-task", "8",
-                                          "--dry-run"), "train.max_iter=300"], timeout=60)
+    proc = run_submit_here([*gpu_job(out, "--account", "proj", "--cpus-per-task", "8",
+                                     "--dry-run"), "train.max_iter=300"], capsys)
+    assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --signal=USR2@120",
@@ -163,11 +181,10 @@ def test_an_output_folder_the_nodes_cannot_share_is_refused(tmp_path):
         plan_submission(parse(*gpu_job(blocker / "out")), TRAIN_NET)
 
 
-def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = run_script("submit", ["--config-file", DEMO_CONFIG, "--nodes", "1", "--gpus-per-node",
-                                 "1", "--timeout-min", "60", f"train.output_dir={out}"],
-                      timeout=60, check=False)
+    proc = run_submit_here(["--config-file", DEMO_CONFIG, "--nodes", "1", "--gpus-per-node", "1",
+                            "--timeout-min", "60", f"train.output_dir={out}"], capsys)
     assert_one_error_line(proc, r"^ERROR: --partition is missing: the SLURM partition to run on")
     assert not out.exists()
 
@@ -245,32 +262,13 @@ def task_log(out, job, task, stream="out"):
         return f.read()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(cityscapes_root, tiny_init, tmp_path_factory):
-    out = tmp_path_factory.mktemp("submit") / "uninterrupted"
-    proc = run_script("submit", local_job(cityscapes_root, tiny_init, out), timeout=TIMEOUT,
-                      env=ENV)
-    return out, proc
-
-
-def test_a_local_job_of_two_tasks_trains_and_evaluates_as_num_gpus_2(uninterrupted,
-                                                                      two_process_reference):
-    out, proc = uninterrupted
-    job = job_id(proc.stdout)
-    assert proc.stdout.rstrip().endswith(f"Job {job} completed.")
-    assert "Rank of current process: 0. World size: 2" in task_log(out, job, 0)
-    with open(out / "log.txt.rank1") as f:
-        assert "Rank of current process: 1. World size: 2" in f.read()
-    with open(out / "metrics.json") as f:
-        assert any("cityscapes/AP" in json.loads(line) for line in f)
-    assert_same_training(out, two_process_reference)
-
-
-def test_a_signalled_job_requeues_and_ends_as_the_uninterrupted_one(uninterrupted, cityscapes_root,
-                                                                    tiny_init, tmp_path):
-    """SIGUSR2 to the second task only, mid-training: both tasks stop after the same iteration
-    with a complete checkpoint, the first requeues the job with --resume, and the requeued job
-    ends with the weights and predictions of the uninterrupted job."""
+def test_a_job_of_two_tasks_signalled_mid_training_ends_as_num_gpus_2(two_process_reference,
+                                                                      cityscapes_root, tiny_init,
+                                                                      tmp_path):
+    """A job of 2 tasks on this machine, SIGUSR2 to the second task only, mid-training: both
+    tasks stop after the same iteration with a complete checkpoint, the first requeues the job
+    with --resume, and the requeued job trains, evaluates and ends with the weights and
+    predictions of the uninterrupted --num-gpus 2 run (seeded, data loaded in the processes)."""
     out = tmp_path / "signalled"
     command = [sys.executable, os.path.join(REPO, "scripts", "submit.py"),
                *local_job(cityscapes_root, tiny_init, out)]
@@ -292,6 +290,7 @@ def test_a_signalled_job_requeues_and_ends_as_the_uninterrupted_one(uninterrupte
     assert proc.returncode == 0, stdout[-3000:]
     job = job_id(stdout)
     assert stdout.rstrip().endswith(f"Job {job} completed.")
+    assert "Rank of current process: 0. World size: 2" in task_log(out, job, 0)
 
     with open(out / "log.txt") as f:
         log = f.read()
@@ -305,8 +304,9 @@ def test_a_signalled_job_requeues_and_ends_as_the_uninterrupted_one(uninterrupte
     assert f"Starting training from iteration {stopped + 1}" in log
     with open(out / "submitit" / f"{job}_submitted.pkl", "rb") as f:
         assert pickle.load(f).function.argv[0] == "--resume"
-
-    assert_same_training(out, uninterrupted[0])
+    with open(out / "metrics.json") as f:
+        assert any("cityscapes/AP" in json.loads(line) for line in f)
+    assert_same_training(out, two_process_reference)
 
 
 def task_process(group, rank):
