@@ -27,6 +27,9 @@ setup(
         "tqdm",
         "filelock",
         "Pillow",
+        # SLURM jobs (scripts/submit.py): its job environment, signal handling and requeue
+        # are used from d2_finetune/engine/submit.py.
+        "submitit>=1.5,<2",
     ],
     extras_require={
         # ruff pinned: `make test` checks the formatting, which changes between ruff versions.

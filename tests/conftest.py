@@ -16,11 +16,18 @@ def run_script(name, args, timeout=300, check=True, **kwargs):
     Returns:
         subprocess.CompletedProcess with text stdout and stderr.
     """
-    import signal
-    import subprocess
     import sys
 
     command = [sys.executable, os.path.join(REPO, "scripts", f"{name}.py"), *args]
+    return run_command(command, timeout, check, name=f"{name}.py", **kwargs)
+
+
+def run_command(command, timeout=300, check=True, name=None, **kwargs):
+    """:func:`run_script` for any command (``torchrun ...``): bounded, its group killed."""
+    import signal
+    import subprocess
+
+    name = name or command[0]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -35,7 +42,7 @@ def run_script(name, args, timeout=300, check=True, **kwargs):
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(
-            f"{name}.py did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}"
+            f"{name} did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}"
         ) from None
     done = subprocess.CompletedProcess(command, proc.returncode, out, err)
     if check and done.returncode != 0:
@@ -245,3 +252,71 @@ def assert_transfers_from_coco(cfg, folder):
     backbone = "backbone.bottom_up.stem.conv1.weight"
     assert torch.equal(state[backbone], source[backbone])
     return class_map
+
+
+# One training run compared across the ways of starting processes (test_engine_launch.py,
+# test_engine_submit.py): 2 processes, 6 iterations, then an evaluation.
+TWO_PROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1")  # as torchrun gives each process
+
+
+def two_process_overrides(root, init, output_dir):
+    return tiny_overrides(
+        root,
+        str(output_dir),
+        **{
+            "train.init_checkpoint": init,
+            "train.max_iter": 6,
+            "lr_multiplier.steps": [5],
+            "train.checkpointer.period": 100,
+            "dataloader.test.batch_size": 1,
+            # 6 iterations leave every score under detectron2's 0.05: keep some to compare.
+            "model.roi_heads.box_predictor.test_score_thresh": 0.01,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def two_process_reference(cityscapes_root, tiny_init, tmp_path_factory):
+    """The output folder of ``--num-gpus 2`` (processes spawned by train_net.py)."""
+    out = str(tmp_path_factory.mktemp("two_process_reference") / "num_gpus_2")
+    run_script(
+        "train_net",
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            "--num-gpus",
+            "2",
+            *two_process_overrides(cityscapes_root, tiny_init, out),
+        ],
+        timeout=150,
+        env=TWO_PROCESS_ENV,
+    )
+    assert len(final_predictions(out)) > 0  # there are predictions to compare
+    return out
+
+
+def final_weights(folder):
+    import torch
+
+    return torch.load(
+        os.path.join(folder, "model_final.pth"), map_location="cpu", weights_only=True
+    )
+
+
+def final_predictions(folder):
+    import json
+
+    with open(os.path.join(folder, "inference", "coco_instances_results.json")) as f:
+        return json.load(f)
+
+
+def assert_same_training(folder, reference):
+    """The run in ``folder`` ended with the weights of ``reference``, after the same number of
+    iterations, and its evaluation made the same predictions."""
+    import torch
+
+    ours, theirs = final_weights(folder), final_weights(reference)
+    assert ours["iteration"] == theirs["iteration"] == 5
+    for key, value in theirs["model"].items():
+        assert torch.equal(ours["model"][key], value), key
+    assert final_predictions(folder) == final_predictions(reference)

@@ -15,7 +15,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import load_config
 from ..errors import ConfigError, UserError
 from .checks import check_config, check_init_checkpoint, check_output_dir, check_world_size
-from .launch import report_in_launcher
+from .launch import report_in_launcher, use_processes_from_env
 
 __all__ = ["argument_parser", "load", "setup", "user_errors"]
 
@@ -40,7 +40,8 @@ def load(args):
         raise ConfigError(
             "No config file given: pass --config-file, e.g. configs/cityscapes_ft.py."
         )
-    check_world_size(args.num_gpus, args.num_machines)
+    if use_processes_from_env(args) is None:  # else torchrun or SLURM started the processes
+        check_world_size(args.num_gpus, args.num_machines)
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, world_size=args.num_gpus * args.num_machines)
     check_init_checkpoint(cfg, resume=getattr(args, "resume", False))

@@ -18,14 +18,12 @@ it in one place, in this order, editing the config in place, so that every later
 """
 
 import logging
-import os
 
 import torch
 from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from detectron2.data import MetadataCatalog
-from detectron2.utils import comm
 
 from ..checkpoint.classes import check_class_count
 from ..config import load_config
@@ -34,6 +32,7 @@ from ..data.loaders import build_train_dataset
 from ..errors import ConfigError
 from ..solver import needs_dataset_size, resolve_schedule
 from .checks import check_config
+from .launch import cores_per_process
 
 __all__ = [
     "default_num_workers",
@@ -149,8 +148,7 @@ def default_num_workers():
     ``bench/train_throughput.py --runs ours+workers6,ours+workers15``). Hence half the cores
     less two, at least min(4, cores - 1), at most 8.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    per_process = max(cores // max(comm.get_local_size(), 1), 1)
+    per_process = cores_per_process()
     if per_process == 1:
         return 1
     return min(max(per_process // 2 - 2, min(4, per_process - 1)), 8)

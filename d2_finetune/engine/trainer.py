@@ -22,6 +22,7 @@ from .checks import check_output_dir, checkpoint_bytes
 from .evaluate import build_evaluator, evaluate, overall_metrics
 from .freeze import freeze_parameters
 from .hooks import BestCheckpointer, PlotWriter, ValidationLoss
+from .preemption import StopOnSignal
 from .printer import MetricPrinter
 from .state import RNGState
 from .steps import build_step
@@ -155,6 +156,7 @@ class FinetuneTrainer(DefaultTrainer):
                     patience=cfg.train.get("patience", 0),
                 )
             )
+        ret.append(StopOnSignal())  # after the hooks that may stop training themselves
         if comm.is_main_process():
             writers = self.build_writers()
             json_writers = [w for w in writers if isinstance(w, JSONWriter)]
