@@ -20,15 +20,8 @@ import time
 
 import pytest
 
-from d2_finetune.engine.submit import (
-    TrainJob,
-    check_shared_output_dir,
-    describe,
-    plan_submission,
-    submit,
-    submit_argument_parser,
-    task_argv,
-)
+from d2_finetune.engine.job import TrainJob
+from d2_finetune.engine.submit import describe, plan_submission, submit, submit_argument_parser
 from d2_finetune.errors import ConfigError
 
 from conftest import (
@@ -293,22 +286,7 @@ def test_bad_options_are_refused_before_anything_is_submitted(argv, message, tmp
     assert not out.exists()
 
 
-def test_an_output_folder_the_nodes_cannot_share_is_refused(tmp_path):
-    for folder, where in [
-        ("/tmp/d2ft_run", "under /tmp, which is a different folder on every machine"),
-        ("/dev/shm/d2ft_run", "on a tmpfs file system, in this machine's memory"),
-    ]:
-        with pytest.raises(
-            ConfigError,
-            match=rf"^train\.output_dir={folder} is {where}: the job's "
-            r"nodes cannot read its submission or write their "
-            r"logs and checkpoints there\. Choose a folder on a "
-            r"file system the nodes share \(your home or project "
-            r"folder\), or pass --output-is-shared if SLURM runs "
-            r"the job on this very machine\.$",
-        ):
-            check_shared_output_dir(folder)
-    check_shared_output_dir(REPO)  # a disk of this machine that a cluster may export: not refused
+def test_an_output_folder_that_cannot_be_created_is_refused_before_submitting(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(
@@ -395,14 +373,6 @@ def test_submission_through_sbatch(tmp_path, monkeypatch, capsys):
         submission = pickle.load(f)
     assert isinstance(submission.function, TrainJob) and submission.function.argv == plan.argv
     assert submission.function.checkpoint().function.argv == ["--resume", *plan.argv]
-
-
-def test_a_job_slurm_restarted_resumes_from_its_last_checkpoint():
-    argv = ["--config-file", "c.py", "train.max_iter=10"]
-    assert task_argv(argv, {}) == argv
-    assert task_argv(argv, {"SLURM_RESTART_COUNT": "0"}) == argv
-    assert task_argv(argv, {"SLURM_RESTART_COUNT": "2"}) == ["--resume", *argv]
-    assert task_argv(["--resume", *argv], {"SLURM_RESTART_COUNT": "1"}) == ["--resume", *argv]
 
 
 # ---------------------------------------------------------------------------------------------

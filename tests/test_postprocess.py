@@ -74,11 +74,11 @@ def test_eager_prediction_ends_in_the_shared_postprocess(tiny_cfg, cityscapes_ro
     """Predictor (network, then postprocess()) gives what the model's own forward gives."""
     import glob
 
-    from d2_finetune.engine import FinetuneTrainer
+    from d2_finetune.engine import load_for_inference
     from d2_finetune.predict import Predictor
 
     cfg = tiny_cfg()
-    model = FinetuneTrainer.load_for_inference(cfg)
+    model = load_for_inference(cfg)
     path = sorted(glob.glob(f"{cityscapes_root}/cityscapes/leftImg8bit/val/*/*.png"))[0]
     image = read_image(path, format="BGR")
     predictor = Predictor(cfg, model)

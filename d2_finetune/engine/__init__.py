@@ -1,5 +1,6 @@
-"""Running a config: the command line (:mod:`.cli`), starting processes (:mod:`.launch`),
-resolving the config (:mod:`.resolve`), training (:mod:`.trainer` with :mod:`.steps`,
+"""Running a config: the command line (:mod:`.cli`), starting processes (:mod:`.launch`) or
+joining those torchrun or SLURM started (:mod:`.processes`), SLURM jobs (:mod:`.submit`,
+:mod:`.job`), resolving the config (:mod:`.resolve`), training (:mod:`.trainer` with :mod:`.steps`,
 :mod:`.hooks`, :mod:`.amp`), evaluation (:mod:`.evaluate`) and weights (:mod:`.weights`)."""
 
 from .amp import autocast_context

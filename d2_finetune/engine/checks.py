@@ -21,6 +21,7 @@ __all__ = [
     "check_config",
     "check_init_checkpoint",
     "check_output_dir",
+    "check_shared_output_dir",
     "check_world_size",
     "startup_guard",
 ]
@@ -151,8 +152,18 @@ def check_init_checkpoint(cfg, resume):
         )
 
 
-def check_output_dir(path, needed_bytes=0):
-    """``path`` can be created and written, and has ``needed_bytes`` free."""
+def check_output_dir(path, needed_bytes=0, create=True):
+    """``path`` can be created and written, and has ``needed_bytes`` free. With
+    ``create=False`` nothing is created: a folder that does not exist yet must be creatable in
+    the nearest folder above it that does."""
+    if not create and not os.path.isdir(path):
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+            return
+        reason = "Permission denied" if os.path.isdir(existing) else "Not a directory"
+        raise _not_writable(path, f"{reason}: {existing}")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write_test_{uuid.uuid4().hex}")
@@ -160,16 +171,19 @@ def check_output_dir(path, needed_bytes=0):
             f.write(b"ok")
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(
-            f"train.output_dir={path} is not writable ({e.strerror}): choose a folder you can "
-            "write to."
-        ) from e
+        raise _not_writable(path, e.strerror) from e
     free = shutil.disk_usage(path).free
     if free < needed_bytes:
         raise ConfigError(
             f"train.output_dir={path} has {free / 2**20:.0f} MiB free but checkpoints need about "
             f"{needed_bytes / 2**20:.0f} MiB: free some space or choose another folder."
         )
+
+
+def _not_writable(path, reason):
+    return ConfigError(
+        f"train.output_dir={path} is not writable ({reason}): choose a folder you can write to."
+    )
 
 
 def checkpoint_bytes(model):
@@ -200,3 +214,47 @@ def startup_guard(output_dir):
                 else:
                     os.remove(target)
         raise
+
+
+# Folders that are local to each machine on any cluster, and file systems held in memory
+# (/dev/shm, /run).
+LOCAL_DIRS = ("/tmp", "/var/tmp")
+LOCAL_FS_TYPES = ("tmpfs", "ramfs", "devtmpfs")
+
+
+def check_shared_output_dir(path):
+    """Refuse an output folder that the job's machines cannot share: one under a folder that
+    is local to each machine of a cluster (``/tmp``, ``/var/tmp``) or on a file system held in
+    this machine's memory (tmpfs: ``/dev/shm``, ``/run``). The job reads its submission from
+    there and every node writes its logs there."""
+    real = os.path.realpath(path)
+    local = next((d for d in LOCAL_DIRS if real == d or real.startswith(d + os.sep)), None)
+    fs_type = None if local else _fs_type(real)
+    if local or fs_type in LOCAL_FS_TYPES:
+        where = (
+            f"under {local}, which is a different folder on every machine"
+            if local
+            else f"on a {fs_type} file system, in this machine's memory"
+        )
+        raise ConfigError(
+            f"train.output_dir={path} is {where}: the job's nodes cannot read its submission "
+            "or write their logs and checkpoints there. Choose a folder on a file system the "
+            "nodes share (your home or project folder), or pass --output-is-shared if SLURM "
+            "runs the job on this very machine."
+        )
+
+
+def _fs_type(path):
+    """The type of the file system holding ``path`` (from /proc/self/mounts), or None."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return None
+    best = None
+    for mount, fs_type in mounts:
+        mount = mount.replace("\\040", " ")
+        if path == mount or path.startswith(mount.rstrip(os.sep) + os.sep) or mount == os.sep:
+            if best is None or len(mount) >= len(best[0]):
+                best = (mount, fs_type)
+    return best[1] if best else None

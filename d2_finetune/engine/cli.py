@@ -15,7 +15,8 @@ from detectron2.utils.logger import setup_logger
 from ..config import load_config
 from ..errors import ConfigError, UserError
 from .checks import check_config, check_init_checkpoint, check_output_dir, check_world_size
-from .launch import report_in_launcher, use_processes_from_env
+from .launch import report_in_launcher
+from .processes import use_processes_from_env
 
 __all__ = ["argument_parser", "load", "setup", "user_errors"]
 

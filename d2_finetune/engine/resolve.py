@@ -32,7 +32,7 @@ from ..data.loaders import build_train_dataset
 from ..errors import ConfigError
 from ..solver import needs_dataset_size, resolve_schedule
 from .checks import check_config
-from .launch import cores_per_process
+from .processes import cores_per_process
 
 __all__ = [
     "default_num_workers",

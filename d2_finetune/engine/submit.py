@@ -7,8 +7,8 @@ written. :func:`submit` hands it to submitit, which writes the job's submission 
 each task to ``<train.output_dir>/submitit/<job id>_<task>_log.{out,err}``; the job ids are
 appended to ``<train.output_dir>/submitit/jobs.txt``.
 
-Each task runs ``scripts/train_net.py`` in its own process (:class:`TrainJob`), which joins the
-job's other tasks (:func:`.launch.processes_from_env`: rank from SLURM, the rendezvous at the
+Each task runs ``scripts/train_net.py`` in its own process (:class:`.job.TrainJob`), which joins the
+job's other tasks (:func:`.processes.processes_from_env`: rank from SLURM, the rendezvous at the
 first node). SLURM signals the job ``--signal-delay-s`` seconds before its time limit (SIGUSR2,
 ``#SBATCH --signal``), and on preemption where the cluster sends it
 (``SlurmctldParameters=preempt_send_user_signal``): every process stops after the same iteration
@@ -21,7 +21,6 @@ last complete checkpoint: ``$SLURM_RESTART_COUNT`` > 0 adds ``--resume``.
 import argparse
 import datetime
 import os
-import runpy
 import shlex
 import sys
 
@@ -30,25 +29,23 @@ import torch
 from ..config import load_config
 from ..errors import ConfigError, UserError
 from . import preemption
-from .checks import check_config, check_init_checkpoint, check_output_dir
+from .checks import (
+    check_config,
+    check_init_checkpoint,
+    check_output_dir,
+    check_shared_output_dir,
+)
+from .job import TrainJob
 
 __all__ = [
     "Plan",
-    "TrainJob",
-    "plan_submission",
     "describe",
+    "plan_submission",
     "submit",
     "submit_argument_parser",
-    "check_shared_output_dir",
-    "task_argv",
-    "with_resume",
 ]
 
 SUBMITIT_FOLDER = "submitit"
-# Folders that are local to each machine on any cluster, and file systems held in memory
-# (/dev/shm, /run).
-LOCAL_DIRS = ("/tmp", "/var/tmp")
-LOCAL_FS_TYPES = ("tmpfs", "ramfs", "devtmpfs")
 DEFAULT_SIGNAL_DELAY_S = 120
 DEFAULT_MAX_TIMEOUTS = 10
 
@@ -219,7 +216,7 @@ def plan_submission(args, script):
     output_dir = os.path.abspath(os.path.expanduser(cfg.train.output_dir))
     if slurm and not args.output_is_shared:
         check_shared_output_dir(output_dir)
-    _check_writable(output_dir)
+    check_output_dir(output_dir, create=False)
 
     argv = ["--config-file", os.path.abspath(args.config_file)]
     argv += [
@@ -329,61 +326,6 @@ def _tasks_per_node(args, device, slurm):
             f"{torch.cuda.device_count()} GPU(s) (--cluster local)."
         )
     return gpus
-
-
-def _check_writable(path):
-    """``path`` is a folder that can be written, or can be created where it is; creates nothing
-    (:func:`.checks.check_output_dir` probes it once it exists)."""
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
-        if existing == path:
-            check_output_dir(path)  # a write probe, left nowhere
-        return
-    reason = "Permission denied" if os.path.isdir(existing) else "Not a directory"
-    raise ConfigError(
-        f"train.output_dir={path} is not writable ({reason}: {existing}): choose a folder you can "
-        "write to."
-    )
-
-
-def check_shared_output_dir(path):
-    """Refuse an output folder that the job's machines cannot share: one under a folder that
-    is local to each machine of a cluster (``/tmp``, ``/var/tmp``) or on a file system held in
-    this machine's memory (tmpfs: ``/dev/shm``, ``/run``). The job reads its submission from
-    there and every node writes its logs there."""
-    real = os.path.realpath(path)
-    local = next((d for d in LOCAL_DIRS if real == d or real.startswith(d + os.sep)), None)
-    fs_type = None if local else _fs_type(real)
-    if local or fs_type in LOCAL_FS_TYPES:
-        where = (
-            f"under {local}, which is a different folder on every machine"
-            if local
-            else f"on a {fs_type} file system, in this machine's memory"
-        )
-        raise ConfigError(
-            f"train.output_dir={path} is {where}: the job's nodes cannot read its submission "
-            "or write their logs and checkpoints there. Choose a folder on a file system the "
-            "nodes share (your home or project folder), or pass --output-is-shared if SLURM "
-            "runs the job on this very machine."
-        )
-
-
-def _fs_type(path):
-    """The type of the file system holding ``path`` (from /proc/self/mounts), or None."""
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
-    except OSError:
-        return None
-    best = None
-    for mount, fs_type in mounts:
-        mount = mount.replace("\\040", " ")
-        if path == mount or path.startswith(mount.rstrip(os.sep) + os.sep) or mount == os.sep:
-            if best is None or len(mount) >= len(best[0]):
-                best = (mount, fs_type)
-    return best[1] if best else None
 
 
 def describe(plan, sbatch=False):
@@ -512,77 +454,3 @@ def _first_error_line(job):
             except OSError:
                 continue
     return None
-
-
-try:  # submitit is a dependency; without it, plans and dry runs still work
-    from submitit.helpers import Checkpointable as _Checkpointable
-except ImportError:  # pragma: no cover
-    _Checkpointable = object
-
-
-class TrainJob(_Checkpointable):
-    """The function each task of a job runs: ``scripts/train_net.py`` with ``argv``, in this
-    process, which joins the job's other tasks. After a stop on the signal, the first task
-    requeues the job with ``--resume`` (:meth:`checkpoint` gives submitit that submission)."""
-
-    def __init__(self, script, argv):
-        self.script = script
-        self.argv = list(argv)
-
-    def __call__(self):
-        import submitit
-        from submitit.core.job_environment import SignalHandler
-        from submitit.core.utils import DelayedSubmission
-
-        # The signal now only sets a flag: every process stops at the same iteration.
-        # (submitit's own handler would requeue from wherever the first task is.)
-        preemption.install_handler()
-        env = submitit.JobEnvironment()
-        # Started now, it tells a signal at the time limit from a preemption.
-        requeue = SignalHandler(env, env.paths, DelayedSubmission.load(env.paths.submitted_pickle))
-        argv = task_argv(self.argv)
-        saved = sys.argv
-        sys.argv = [self.script, *argv]
-        try:
-            runpy.run_path(self.script, run_name="__main__")
-        finally:
-            sys.argv = saved
-        stopped = preemption.stopped_at()
-        if stopped is None:
-            return None
-        if env.global_rank != 0:
-            print(
-                f"Stopped after iteration {stopped} on the signal; the first task requeues "
-                "the job.",
-                flush=True,
-            )
-            sys.exit(0)
-        print(
-            f"Stopped after iteration {stopped} on the signal: requeueing the job with --resume.",
-            flush=True,
-        )
-        requeue.checkpoint_and_try_requeue(preemption.stop_signal())
-        return None
-
-    def checkpoint(self, *args, **kwargs):
-        """The submission that continues this job: the same command with ``--resume``."""
-        from submitit.core.utils import DelayedSubmission
-
-        return DelayedSubmission(TrainJob(self.script, with_resume(self.argv)))
-
-
-def task_argv(argv, environ=None):
-    """The command line a task runs: ``argv``, with ``--resume`` when SLURM restarted the job
-    (``$SLURM_RESTART_COUNT`` > 0: a node failure, a preemption without the signal), which then
-    continues from its last complete checkpoint."""
-    env = os.environ if environ is None else environ
-    try:
-        restarts = int(env.get("SLURM_RESTART_COUNT") or 0)
-    except ValueError:
-        restarts = 0
-    return with_resume(argv) if restarts > 0 else list(argv)
-
-
-def with_resume(argv):
-    """``argv`` of scripts/train_net.py with ``--resume`` (before the overrides)."""
-    return list(argv) if "--resume" in argv else ["--resume", *argv]
