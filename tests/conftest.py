@@ -22,20 +22,28 @@ def run_script(name, args, timeout=300, check=True, **kwargs):
     return run_command(command, timeout, check, name=f"{name}.py", **kwargs)
 
 
+def start_command(command, merge_output=False, **kwargs):
+    """``command`` started in a process group of its own (so that all it starts can be killed
+    together), its output read as text; stderr into stdout with ``merge_output``."""
+    import subprocess
+
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
 def run_command(command, timeout=300, check=True, name=None, **kwargs):
     """:func:`run_script` for any command (``torchrun ...``): bounded, its group killed."""
     import signal
     import subprocess
 
     name = name or command[0]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **kwargs,
-    )
+    proc = start_command(command, **kwargs)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -138,6 +146,18 @@ def tiny_cfg(cityscapes_root, tiny_init, tmp_path):
         return prepare_config(config, tiny_overrides(cityscapes_root, out, **extra))
 
     return make
+
+
+# Two iterations at a small batch and LR, few detections per image: a dataset's training and
+# evaluation run end to end in seconds.
+FEW_ITERATIONS = {
+    "train.max_iter": 2,
+    "lr_multiplier.steps": [1],
+    "dataloader.train.total_batch_size": 2,
+    "optimizer.lr": 0.005,
+    "train.plots": False,
+    "model.roi_heads.box_predictor.test_topk_per_image": 10,
+}
 
 
 def tiny_detector(cfg):

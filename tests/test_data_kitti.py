@@ -20,7 +20,7 @@ from d2_finetune.engine import FinetuneTrainer, prepare_config
 from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
-from conftest import REPO, perfect_outputs, tiny_detector, tiny_overrides
+from conftest import FEW_ITERATIONS, REPO, perfect_outputs, tiny_detector, tiny_overrides
 
 CONFIG = os.path.join(REPO, "configs", "kitti_ft.py")
 SIZE = (512, 155)  # KITTI's 1242x375, shrunk
@@ -272,12 +272,7 @@ def test_a_few_training_iterations_of_the_faster_rcnn(kitti_root, tmp_path):
             kitti_root,
             out,
             **{
-                "train.max_iter": 2,
-                "lr_multiplier.steps": [1],
-                "dataloader.train.total_batch_size": 2,
-                "optimizer.lr": 0.005,
-                "train.plots": False,
-                "model.roi_heads.box_predictor.test_topk_per_image": 10,
+                **FEW_ITERATIONS,
                 "dataloader.train.mapper.augmentations.0.max_size": 512,
                 "dataloader.test.mapper.augmentations.0.max_size": 512,
             },

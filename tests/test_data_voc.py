@@ -21,6 +21,7 @@ from d2_finetune.errors import DatasetError
 from d2_finetune.modeling import calibrate_frozen_bn
 
 from conftest import (
+    FEW_ITERATIONS,
     REPO,
     assert_transfers_from_coco,
     perfect_outputs,
@@ -189,14 +190,7 @@ def test_a_few_training_iterations_of_the_faster_rcnn(voc_root, tmp_path):
         config(
             voc_root,
             out,
-            **{
-                "train.max_iter": 2,
-                "lr_multiplier.steps": [1],
-                "dataloader.train.total_batch_size": 2,
-                "optimizer.lr": 0.005,
-                "train.plots": False,
-                "model.roi_heads.box_predictor.test_topk_per_image": 10,
-            },
+            **FEW_ITERATIONS,
         )
     )
     assert list(cfg.dataloader.train.dataset.names) == [

@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -25,6 +24,7 @@ from conftest import (
     error_lines,
     final_weights,
     run_command,
+    start_command,
     two_process_overrides,
 )
 
@@ -146,16 +146,7 @@ def test_two_machines_on_one_host_share_no_files(
             url,
             *overrides(cityscapes_root, tiny_init, outs[-1]),
         ]
-        procs.append(
-            subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
-        )
+        procs.append(start_command(command, merge_output=True, env=env))
     try:
         logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:
@@ -189,14 +180,7 @@ def test_the_stop_signal_to_train_net_stops_both_workers_after_one_iteration(
         "2",
         *overrides(cityscapes_root, tiny_init, out),
     ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
+    proc = start_command(command, merge_output=True, env=ENV)
     try:
         deadline = time.time() + TIMEOUT
         while proc.poll() is None and time.time() < deadline and not logged_iteration(out, 1):

@@ -31,6 +31,7 @@ from conftest import (
     assert_one_error_line,
     assert_same_training,
     run_script,
+    start_command,
     two_process_overrides,
 )
 
@@ -417,14 +418,7 @@ def test_a_job_of_two_tasks_signalled_mid_training_ends_as_num_gpus_2(
         os.path.join(REPO, "scripts", "submit.py"),
         *local_job(cityscapes_root, tiny_init, out),
     ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
+    proc = start_command(command, merge_output=True, env=ENV)
     try:
         deadline = time.time() + TIMEOUT
         task = None

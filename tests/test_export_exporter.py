@@ -27,6 +27,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data.detection_utils import read_image
 
 from d2_finetune.checkpoint.files import sha256 as sha256_file
+from d2_finetune.data import CITYSCAPES_THING_CLASSES
 from d2_finetune.export import (
     ExportedModel,
     ExportedPredictor,
@@ -81,16 +82,7 @@ def test_export_json_records_what_the_graph_needs(ts_model, onnx_model, init):
             manifest = json.load(f)
         assert manifest["format"] == fmt and manifest["model_file"] == os.path.basename(path)
         assert manifest["model_sha256"] == sha256_file(path)
-        assert manifest["classes"] == [
-            "person",
-            "rider",
-            "car",
-            "truck",
-            "bus",
-            "train",
-            "motorcycle",
-            "bicycle",
-        ]
+        assert manifest["classes"] == CITYSCAPES_THING_CLASSES
         assert manifest["thing_colors"][0] == [220, 20, 60]
         assert manifest["input"]["format"] == "BGR"
         assert manifest["input"]["resize"] == [

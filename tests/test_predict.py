@@ -9,6 +9,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from d2_finetune.data import CITYSCAPES_THING_CLASSES
+
 from conftest import DEMO_CONFIG, REPO, tiny_overrides
 
 PREDICT = os.path.join(REPO, "scripts", "predict.py")
@@ -54,16 +56,7 @@ def test_predict_writes_pictures_and_json_for_a_folder(cityscapes_root, tiny_ini
         assert record["height"] == 128 and record["width"] == 256
         total += len(record["instances"])
         for inst in record["instances"]:
-            assert inst["class"] in (
-                "person",
-                "rider",
-                "car",
-                "truck",
-                "bus",
-                "train",
-                "motorcycle",
-                "bicycle",
-            )
+            assert inst["class"] in CITYSCAPES_THING_CLASSES
             assert 0 <= inst["score"] <= 1
             mask = mask_util.decode(inst["segmentation"])
             assert mask.shape == (128, 256) and mask.dtype == np.uint8

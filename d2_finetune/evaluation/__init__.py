@@ -6,7 +6,7 @@ Each is imported when first used, so a config that evaluates VOC or KITTI never 
 cityscapesscripts.
 """
 
-import importlib
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "CityscapesCOCOEvaluator": ".combined",
@@ -22,11 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ the exported model for prediction and evaluation (docs/export.md).
 Each name is imported when first used: running an exported model does not load the exporter.
 """
 
-import importlib
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_OPSET": ".exporter",
@@ -33,11 +33,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

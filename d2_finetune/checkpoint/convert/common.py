@@ -26,6 +26,7 @@ __all__ = [
     "check_model",
     "coco_ids_and_names",
     "config_deltas",
+    "convert_body",
     "convert_resnet",
     "detectron2_keys",
     "resnet_layout",
@@ -118,6 +119,21 @@ def convert_resnet(state, prefix, out):
                 take(f"{src}.downsample.0.weight", f"{dst}.shortcut.weight")
                 norm(f"{src}.downsample.1", f"{dst}.shortcut.norm")
     return used
+
+
+def convert_body(state, resnet_prefix, renames):
+    """Detectron2's state dict for the class-independent layers: the ResNet body under
+    ``resnet_prefix`` (:func:`convert_resnet`) and every module named in ``renames`` (source
+    module -> Detectron2 module, ``.weight`` / ``.bias`` kept); returns it and the source keys
+    it used."""
+    out = {}
+    used = convert_resnet(state, resnet_prefix, out)
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        if module in renames:
+            out[f"{renames[module]}.{leaf}"] = value
+            used.add(key)
+    return out, used
 
 
 def detectron2_keys(masks=True):

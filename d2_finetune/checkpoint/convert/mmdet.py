@@ -23,7 +23,7 @@ import re
 from dataclasses import replace
 
 from ...errors import CheckpointError
-from .common import MSRA, PYTORCH_RGB, Requirements, convert_resnet, resnet_layout
+from .common import MSRA, PYTORCH_RGB, Requirements, convert_body, resnet_layout
 
 __all__ = ["MMDET_V1", "RENAMES", "convert_mmdet", "is_mmdet", "mmdet_variant", "read_meta"]
 
@@ -188,13 +188,7 @@ def convert_mmdet(state, meta, source="checkpoint"):
             for k, v in state.items()
         }
     facts_meta = read_meta(meta)
-    out = {}
-    used = convert_resnet(state, "backbone.", out)
-    for key, value in state.items():
-        module, _, leaf = key.rpartition(".")
-        if module in RENAMES:
-            out[f"{RENAMES[module]}.{leaf}"] = value
-            used.add(key)
+    out, used = convert_body(state, "backbone.", RENAMES)
     anchors = (
         state["rpn_head.rpn_cls.weight"].shape[0] if "rpn_head.rpn_cls.weight" in state else None
     )

@@ -16,7 +16,7 @@ those of torchvision >= 0.13 models (``inner_blocks.0.0.weight``, ``conv.0.0.wei
 4-conv box head) is another architecture and is refused.
 """
 
-from .common import TORCHVISION, convert_resnet, resnet_layout
+from .common import TORCHVISION, convert_body, resnet_layout
 
 __all__ = ["NA_IDS", "RENAMES", "convert_torchvision", "is_torchvision", "torchvision_variant"]
 
@@ -104,13 +104,7 @@ def convert_torchvision(state):
         (dict, dict, list): Detectron2's state dict, facts for the conversion report (class
         names, rows dropped, the requirements), and the source keys it did not use.
     """
-    out = {}
-    used = convert_resnet(state, "backbone.body.", out)
-    for key, value in state.items():
-        module, _, leaf = key.rpartition(".")
-        if module in RENAMES:
-            out[f"{RENAMES[module]}.{leaf}"] = value
-            used.add(key)
+    out, used = convert_body(state, "backbone.body.", RENAMES)
     num_rows = state[f"{CLS}.weight"].shape[0]
     ids, names = class_rows(num_rows)
     dropped = {}
