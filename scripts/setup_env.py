@@ -8,9 +8,9 @@ so a second run installs nothing:
    ``sal-detectron2==0.7.2`` -- upstream detectron2 of Nov 2024 packaged as a CPython-3.10 wheel
    whose Python package runs on newer Pythons -- is re-tagged ``py3-none-any`` and installed);
 3. d2_finetune itself in editable mode, with its dependencies;
-4. for the tests (extra ``test``): MMDetection 3.3 (mmengine, mmdet, mmcv-lite), whose own
-   Mask R-CNN the checkpoint converter is compared with (``tests/test_convert_mmdet.py``). They
-   are installed without their dependency on opencv-python: the project's
+4. for the tests (extra ``test``): MMDetection 3.3 (mmengine, mmdet, mmcv-lite), whose own Mask
+   R-CNN the checkpoint converter is compared with (``tests/test_checkpoint_convert_mmdet.py``).
+   They are installed without their dependency on opencv-python: the project's
    opencv-python-headless provides the same ``cv2``, and the two packages would overwrite each
    other's files. ``pip check``'s complaint about it is the one it may make.
 """

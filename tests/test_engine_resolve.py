@@ -54,7 +54,7 @@ def test_the_class_count_is_read_from_the_training_datasets_and_must_match_them(
         ConfigError, match=r"names no registered dataset; set model\.roi_heads\.num_classes"
     ):
         resolve_num_classes(_cfg(None, None))
-    # One rule, one severity: the same error as the checkpointer's (test_checkpoint.py).
+    # One rule, one severity: the same error as the checkpointer's (test_checkpoint_classes.py).
     with pytest.raises(
         ConfigError,
         match=r"^The training data \(test_ncls_a\) has 3 classes \['a', 'b', "

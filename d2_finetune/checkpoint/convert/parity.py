@@ -1,11 +1,11 @@
 """Numeric comparison of a converted Detectron2 model with the model it was converted from.
 
-Used by ``tests/test_convert_torchvision.py``, ``tests/test_convert_mmdet.py`` and
-``bench/checkpoint_parity.py``. The source models are built with seeded random weights
-(:func:`randomize`): the default initialisation, BatchNorm statistics measured on the test
-images layer by layer (so activations stay in range; then the affine parameters are drawn at
-random, so no statistic is trivial), and logits spread so that the softmax and sigmoid
-decisions downstream (top-k, NMS, score threshold) are not near-ties.
+Used by ``tests/test_checkpoint_convert_torchvision.py``, ``tests/test_checkpoint_convert_mmdet.py``
+and ``bench/checkpoint_parity.py``. The source models are built with seeded random weights
+(:func:`randomize`): the default initialisation, BatchNorm statistics measured on the test images
+layer by layer (so activations stay in range; then the affine parameters are drawn at random, so no
+statistic is trivial), and logits spread so that the softmax and sigmoid decisions downstream
+(top-k, NMS, score threshold) are not near-ties.
 
 Each comparison returns ``{stage: (largest absolute difference, largest absolute value of the
 source's output)}``; the stages follow the model from the input to the detections.
