@@ -8,6 +8,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "cityscapes_demo.py")
 
 
+def load_script(name):
+    """``scripts/<name>.py`` as a module, to call its functions in the test's process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_script(name, args, timeout=300, check=True, **kwargs):
     """Run ``scripts/<name>.py`` as users do, in a process group of its own: past ``timeout``
     the whole group (worker processes included) is killed and the test fails, so no test

@@ -7,7 +7,6 @@ its N/A classifier rows left random for the logit comparisons; the end-to-end co
 them the strongly negative logits a trained COCO model has (see docs/checkpoints.md).
 """
 
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -37,17 +36,9 @@ from d2_finetune.data import CITYSCAPES_THING_CLASSES
 from d2_finetune.errors import CheckpointError
 from d2_finetune.modeling import RoundedAnchorGenerator
 
-from conftest import REPO
+from conftest import REPO, load_script
 
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_script = _load_script("convert_checkpoint")
+convert_script = load_script("convert_checkpoint")
 
 TV_CONFIG = os.path.join(REPO, "configs", "cityscapes_ft_from_torchvision.py")
 RECIPE = os.path.join(REPO, "configs", "cityscapes_ft.py")

@@ -1,6 +1,5 @@
 """scripts/prepare_cityscapes.py: layout checks, cache, trainId images and the summary table."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,19 +12,9 @@ from d2_finetune.data import cache
 from d2_finetune.data import cityscapes as cs
 from d2_finetune.demo.synthetic import make_cityscapes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, load_script
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_cityscapes_script", os.path.join(REPO, "scripts", "prepare_cityscapes.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-main = _load_script().main
+main = load_script("prepare_cityscapes").main
 
 
 @pytest.fixture

@@ -2,21 +2,12 @@
 value at fault and the fix, no traceback, and nothing left behind in the output dir.
 Every case here is listed in docs/errors.md."""
 
-import importlib.util
 import os
 import shutil
 
 import pytest
 
-from conftest import DEMO_CONFIG, REPO, tiny_overrides
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from conftest import DEMO_CONFIG, load_script, tiny_overrides
 
 train_net = load_script("train_net")
 

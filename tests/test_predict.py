@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pycocotools.mask as mask_util
+import pytest
 from PIL import Image
 
 from d2_finetune.data import CITYSCAPES_THING_CLASSES
 
-from conftest import DEMO_CONFIG, REPO, tiny_overrides
+from conftest import DEMO_CONFIG, REPO, load_script, tiny_overrides
 
 PREDICT = os.path.join(REPO, "scripts", "predict.py")
 
@@ -63,66 +64,31 @@ def test_predict_writes_pictures_and_json_for_a_folder(cityscapes_root, tiny_ini
     assert total > 0
 
 
-def test_predict_refuses_a_missing_input(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            PREDICT,
-            "--config-file",
-            DEMO_CONFIG,
-            "--input",
-            str(tmp_path / "nope"),
-            "--output",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 2
-    assert f"--input {tmp_path / 'nope'}: no such file or folder" in proc.stderr
-
-
-def test_predict_refuses_a_folder_without_images(tmp_path):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "--input {input}: no such file or folder"),
+        ("empty", "--input {input}: no images (.png, .jpg"),
+        ("confidence", "--confidence must be between 0 and 1, got 2.0."),
+    ],
+    ids=["missing input", "folder without images", "confidence outside 0-1"],
+)
+def test_predict_refuses_bad_input_with_one_error_line(
+    case, message, cityscapes_root, tmp_path, monkeypatch, capsys
+):
+    inputs = {
+        "missing": tmp_path / "nope",
+        "empty": tmp_path / "empty",
+        "confidence": os.path.join(cityscapes_root, "cityscapes", "leftImg8bit", "val"),
+    }
     (tmp_path / "empty").mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            PREDICT,
-            "--config-file",
-            DEMO_CONFIG,
-            "--input",
-            str(tmp_path / "empty"),
-            "--output",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 2
-    assert f"--input {tmp_path / 'empty'}: no images (.png, .jpg" in proc.stderr
+    argv = ["--config-file", DEMO_CONFIG, "--input", str(inputs[case]), "--output"]
+    argv += [str(tmp_path / "o"), "--confidence", "2" if case == "confidence" else "0.5"]
+    monkeypatch.setattr(sys, "argv", ["predict.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("predict").main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and err.count("\n") == 1, err
+    assert message.format(input=inputs[case]) in err
     assert not (tmp_path / "o").exists()
-
-
-def test_predict_refuses_a_confidence_outside_0_1(cityscapes_root, tmp_path):
-    images = os.path.join(cityscapes_root, "cityscapes", "leftImg8bit", "val")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            PREDICT,
-            "--config-file",
-            DEMO_CONFIG,
-            "--input",
-            images,
-            "--output",
-            str(tmp_path / "o"),
-            "--confidence",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 2
-    assert "--confidence must be between 0 and 1, got 2.0." in proc.stderr

@@ -2,20 +2,10 @@
 
 import base64
 import hashlib
-import importlib.util
 import os
 import zipfile
 
-from conftest import REPO
-
-
-def load_setup_env():
-    spec = importlib.util.spec_from_file_location(
-        "setup_env", os.path.join(REPO, "scripts", "setup_env.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_retag_wheel_rewrites_name_tag_and_record(tmp_path):
@@ -28,7 +18,7 @@ def test_retag_wheel_rewrites_name_tag_and_record(tmp_path):
             "pkg-1.0.dist-info/RECORD",
             "pkg/__init__.py,,\npkg-1.0.dist-info/WHEEL,sha256=old,10\npkg-1.0.dist-info/RECORD,,\n",
         )
-    out = load_setup_env().retag_wheel(str(src), str(tmp_path))
+    out = load_script("setup_env").retag_wheel(str(src), str(tmp_path))
     assert os.path.basename(out) == "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(out) as z:
         wheel = z.read("pkg-1.0.dist-info/WHEEL")
@@ -48,7 +38,7 @@ def test_pip_check_accepts_only_the_opencv_stand_in(monkeypatch):
 
     import pytest
 
-    setup_env = load_setup_env()
+    setup_env = load_script("setup_env")
     opencv = (
         "mmengine 0.10.7 requires opencv-python, which is not installed.\n"
         "mmcv-lite 2.1.0 requires opencv-python, which is not installed.\n"

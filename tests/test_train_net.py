@@ -87,24 +87,14 @@ def test_debug_shows_the_traceback():
     assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(
-    cityscapes_root, tiny_init, tmp_path
-):
+def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(trained, tmp_path):
+    import shutil
+
     import torch
 
     out = str(tmp_path / "nan")
-    overrides = tiny_overrides(
-        cityscapes_root,
-        out,
-        **{
-            "train.init_checkpoint": tiny_init,
-            "train.max_iter": 2,
-            "lr_multiplier.steps": [1],
-            "train.checkpointer.period": 1,
-            "train.eval_after_train": False,
-        },
-    )
-    run(["--config-file", DEMO_CONFIG, *overrides])
+    shutil.copytree(trained[0], out)
+    overrides = trained[1] + [f"train.output_dir={out}"]
     good = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
     proc = run(
         [
@@ -152,10 +142,12 @@ def kill_when(proc, condition, timeout=300):
 
 
 def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_path):
-    """SIGKILL at several moments, including inside a checkpoint write; each --resume goes on
-    from the last complete checkpoint, and the run ends with the weights of an uninterrupted
-    run (deterministic CPU mode: seeded, data loading in the training process)."""
+    """The default random seed (train.seed=-1), SIGKILL inside a checkpoint write and between
+    checkpoints; each --resume goes on from the last complete checkpoint, and the run ends with
+    the weights of an uninterrupted run from the same start: the data order (the sampler's
+    seed) and the random streams come back from the checkpoint."""
     import glob
+    import shutil
 
     import torch
 
@@ -165,16 +157,14 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
             out,
             **{
                 "train.init_checkpoint": tiny_init,
-                "train.max_iter": 8,
-                "lr_multiplier.steps": [6],
+                "train.seed": -1,
+                "train.max_iter": 6,
+                "lr_multiplier.steps": [4],
                 "train.checkpointer.period": 1,
+                "train.checkpointer.max_to_keep": 20,
                 "train.eval_after_train": False,
             },
         )
-
-    straight = str(tmp_path / "straight")
-    run(["--config-file", DEMO_CONFIG, *overrides(straight)])
-    expected = torch.load(os.path.join(straight, "model_final.pth"), weights_only=True)
 
     out = str(tmp_path / "killed")
     args = ["--config-file", DEMO_CONFIG, "--resume", *overrides(out)]
@@ -185,10 +175,9 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
     def writing_after(n):
         return lambda: iteration_done(n)() and glob.glob(os.path.join(out, "*.pth.*.tmp"))
 
-    kills = [iteration_done(1), writing_after(2), iteration_done(5)]
     caught_mid_write = False
     with open(tmp_path / "log.txt", "w") as log:
-        for condition in kills:
+        for condition in (writing_after(1), iteration_done(3)):
             proc = start(args, log)
             assert kill_when(proc, condition), "the run ended before it could be killed"
             with open(os.path.join(out, "last_checkpoint")) as f:
@@ -196,13 +185,29 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
             torch.load(os.path.join(out, named), weights_only=True)  # complete and readable
             caught_mid_write |= bool(glob.glob(os.path.join(out, "*.pth.*.tmp")))
     assert caught_mid_write
+    with open(tmp_path / "log.txt") as f:
+        seed = f.read().split("Data order: sampler seed ", 1)[1].split()[0]
     resume_from = torch.load(os.path.join(out, named), weights_only=True)["iteration"] + 1
-    assert resume_from >= 5
+    assert resume_from >= 3
     proc = run(args)
     assert f"Starting training from iteration {resume_from}" in proc.stdout + proc.stderr
+    assert f"Continuing the data order of sampler seed {seed} " in proc.stdout
     assert not glob.glob(os.path.join(out, "*.tmp"))
-    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
-    assert final["iteration"] == 7
+
+    # The uninterrupted run: from the first checkpoint of the same run, in a folder of its own.
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    shutil.copy(os.path.join(out, "model_0000000.pth"), reference)
+    (reference / "last_checkpoint").write_text("model_0000000.pth")
+    straight = run(["--config-file", DEMO_CONFIG, "--resume", *overrides(str(reference))])
+    assert f"Continuing the data order of sampler seed {seed} " in straight.stdout
+    assert "Starting training from iteration 1" in straight.stdout + straight.stderr
+
+    final, expected = (
+        torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
+        for folder in (out, str(reference))
+    )
+    assert final["iteration"] == expected["iteration"] == 5
     for key, value in expected["model"].items():
         assert torch.equal(final["model"][key], value), key
 
