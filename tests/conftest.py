@@ -68,6 +68,28 @@ def run_command(command, timeout=300, check=True, name=None, **kwargs):
     return done
 
 
+def launch_args(num_gpus=2, num_machines=1, dist_url="auto"):
+    """The launch options of scripts/train_net.py, as its argument parser gives them."""
+    import argparse
+
+    return argparse.Namespace(
+        num_gpus=num_gpus, num_machines=num_machines, machine_rank=0, dist_url=dist_url
+    )
+
+
+def logged_iteration(out, iteration):
+    """Whether the run writing to ``out`` has logged ``iteration`` (or a later one) in its
+    metrics.json; a line still being written is not read."""
+    import json
+
+    path = os.path.join(out, "metrics.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
+    return any(row.get("iteration", -1) >= iteration for row in rows)
+
+
 def error_lines(proc):
     """The ``ERROR:`` lines a finished run printed, on stdout and stderr together."""
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("ERROR:")]

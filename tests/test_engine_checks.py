@@ -2,13 +2,12 @@
 
 import pytest
 
+from d2_finetune.engine import checks
 from d2_finetune.engine.checks import check_output_dir, check_shared_output_dir
 from d2_finetune.errors import ConfigError
 
-from conftest import REPO
 
-
-def test_an_output_folder_the_nodes_cannot_share_is_refused(tmp_path):
+def test_an_output_folder_the_nodes_cannot_share_is_refused(monkeypatch):
     for folder, where in [
         ("/tmp/d2ft_run", "under /tmp, which is a different folder on every machine"),
         ("/dev/shm/d2ft_run", "on a tmpfs file system, in this machine's memory"),
@@ -23,7 +22,14 @@ def test_an_output_folder_the_nodes_cannot_share_is_refused(tmp_path):
             r"the job on this very machine\.$",
         ):
             check_shared_output_dir(folder)
-    check_shared_output_dir(REPO)  # a disk of this machine that a cluster may export: not refused
+    # A disk that a cluster may export, or a network file system: not refused. (The file system
+    # is given, so that the test does not depend on where this checkout lies: under /tmp, say.)
+    for fs_type in ("ext4", "xfs", "nfs4", "lustre"):
+        monkeypatch.setattr(checks, "_fs_type", lambda path, found=fs_type: found)
+        check_shared_output_dir("/home/user/runs/cityscapes")
+    monkeypatch.setattr(checks, "_fs_type", lambda path: "tmpfs")
+    with pytest.raises(ConfigError, match=r"is on a tmpfs file system"):
+        check_shared_output_dir("/home/user/runs/cityscapes")
 
 
 def test_an_output_folder_is_checked_without_creating_it(tmp_path):

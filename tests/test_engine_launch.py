@@ -3,9 +3,7 @@ joined; an error reported once in every case. Runs of several processes are boun
 (their process groups killed past it) and compared by value: weights and predictions equal
 those of --num-gpus 2."""
 
-import argparse
 import glob
-import json
 import os
 import signal
 import sys
@@ -23,16 +21,12 @@ from conftest import (
     assert_same_training,
     error_lines,
     final_weights,
+    launch_args,
+    logged_iteration,
     run_command,
     start_command,
     two_process_overrides,
 )
-
-
-def args(num_gpus=2, num_machines=1, dist_url="auto"):
-    return argparse.Namespace(
-        num_gpus=num_gpus, num_machines=num_machines, machine_rank=0, dist_url=dist_url
-    )
 
 
 def test_auto_dist_url_on_several_machines_is_refused():
@@ -43,12 +37,12 @@ def test_auto_dist_url_on_several_machines_is_refused():
         r"first machine's address, e.g\. --dist-url "
         r"tcp://<first machine>:29500",
     ):
-        launch(lambda a: None, args(num_machines=2))
+        launch(lambda a: None, launch_args(num_machines=2))
 
 
 def test_one_process_runs_in_this_process():
     seen = []
-    assert launch(lambda a: seen.append(os.getpid()) or "done", args(num_gpus=1)) == "done"
+    assert launch(lambda a: seen.append(os.getpid()) or "done", launch_args(num_gpus=1)) == "done"
     assert seen == [os.getpid()]
 
 
@@ -73,7 +67,7 @@ def fail_on_rank(a):
 def test_a_worker_error_is_raised_once_by_the_launcher(failing, expected, capfd):
     """Whichever processes meet the error, the launcher raises the lowest rank's message once;
     the workers print nothing themselves."""
-    a = args()
+    a = launch_args()
     a.failing = failing
     with pytest.raises(WorkerError, match=rf"^bad input met by rank {expected}$"):
         launch(fail_on_rank, a)
@@ -206,15 +200,6 @@ def test_the_stop_signal_to_train_net_stops_both_workers_after_one_iteration(
     state = final_weights(out)
     assert len(state["rng"]["ranks"]) == 2  # the random state of both processes
     assert state["sampler"]["seed"] == 0
-
-
-def logged_iteration(out, iteration):
-    path = os.path.join(out, "metrics.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
-    return any(row.get("iteration", -1) >= iteration for row in rows)
 
 
 def test_torchrun_config_error_is_one_line(cityscapes_root, tiny_init, tmp_path):

@@ -1,7 +1,6 @@
 """engine.processes: the processes torchrun, SLURM or submitit started, read from the
 environment; contradicting options and environments are refused with the variable at fault."""
 
-import argparse
 import os
 
 import pytest
@@ -16,12 +15,7 @@ from d2_finetune.engine.processes import (
 )
 from d2_finetune.errors import ConfigError
 
-
-def args(num_gpus=2, num_machines=1, dist_url="auto"):
-    return argparse.Namespace(
-        num_gpus=num_gpus, num_machines=num_machines, machine_rank=0, dist_url=dist_url
-    )
-
+from conftest import launch_args
 
 TORCHRUN = {
     "RANK": "3",
@@ -157,7 +151,7 @@ def test_an_environment_that_does_not_add_up_is_refused(env, message):
 def test_options_that_contradict_torchrun_are_refused(monkeypatch):
     for key, value in TORCHRUN.items():
         monkeypatch.setenv(key, value)
-    a = args(num_gpus=1, dist_url="auto")
+    a = launch_args(num_gpus=1, dist_url="auto")
     assert use_processes_from_env(a) is not None
     assert (a.num_gpus, a.num_machines, a.machine_rank, a.dist_url) == (2, 2, 1, "env://")
     with pytest.raises(
@@ -167,13 +161,13 @@ def test_options_that_contradict_torchrun_are_refused(monkeypatch):
         r"machine\(s\)\); leave --num-gpus out, the processes "
         r"come from torchrun\.$",
     ):
-        use_processes_from_env(args(num_gpus=4))
+        use_processes_from_env(launch_args(num_gpus=4))
     with pytest.raises(
         ConfigError,
         match=r"^--dist-url tcp://h:1: this process was started by "
         r"torchrun, whose processes meet at env://",
     ):
-        use_processes_from_env(args(num_gpus=1, dist_url="tcp://h:1"))
+        use_processes_from_env(launch_args(num_gpus=1, dist_url="tcp://h:1"))
 
 
 def test_a_slurm_task_has_the_cores_slurm_gave_it(monkeypatch):

@@ -30,6 +30,7 @@ from conftest import (
     TWO_PROCESS_ENV,
     assert_one_error_line,
     assert_same_training,
+    logged_iteration,
     run_script,
     start_command,
     two_process_overrides,
@@ -468,15 +469,6 @@ def task_process(group, rank):
         if f"SUBMITIT_LOCAL_GLOBALID={rank}".encode() in env:
             return int(pid)
     return None
-
-
-def logged_iteration(out, iteration):
-    path = os.path.join(out, "metrics.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
-    return any(row.get("iteration", -1) >= iteration for row in rows)
 
 
 def test_a_job_that_meets_bad_input_ends_with_its_one_error_line(
