@@ -76,6 +76,37 @@ def test_a_worker_error_is_raised_once_by_the_launcher(failing, expected, capfd)
     assert ERROR_DIR_ENV not in os.environ
 
 
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def note_group_at_exit(a):
+    """Worker: at the interpreter's exit, write whether this process still holds a process group."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from detectron2.utils import comm
+
+    path = os.path.join(a.folder, f"rank{comm.get_rank()}.txt")
+    atexit.register(lambda: _write(path, str(dist.is_initialized())))
+    comm.synchronize()
+
+
+def test_workers_leave_their_process_group_before_they_exit(tmp_path):
+    """After a successful run each worker has destroyed its process groups before the interpreter
+    ends: left alive, Gloo's threads can abort the process at exit (pytorch/pytorch#179291), and
+    the launcher would report a crash of a run that succeeded."""
+    a = launch_args()
+    a.folder = str(tmp_path)
+    launch(note_group_at_exit, a)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "rank0.txt": "False",
+        "rank1.txt": "False",
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs: --num-gpus 2, torchrun, two "machines" on one host, the stop signal
 

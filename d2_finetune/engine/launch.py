@@ -136,6 +136,17 @@ def _worker(local_rank, *args):
     """A spawned worker: the stop signal sets a flag from the start, then detectron2's worker."""
     preemption.install_handler()
     _distributed_worker(local_rank, *args)
+    _leave_group()
+
+
+def _leave_group():
+    """Destroy this process's process groups once its work is done, while the interpreter is
+    still whole. A process that exits with them alive can abort (SIGABRT, "terminate called
+    without an active exception") when Gloo's threads outlive the interpreter
+    (pytorch/pytorch#179291): after a successful run, the launcher would report a crash.
+    Every process of the run calls it at the same point, the end of ``main``."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _forward(context, signum):
@@ -203,13 +214,15 @@ def _join(main, args, processes, timeout):
     comm.create_local_process_group(processes.local_world_size)
     comm.synchronize()
     try:
-        return main(args)
+        result = main(args)
     except Exception:
         if _error_reported():
             # Most likely a collective that lost the process which stopped on that error.
             _log_only(traceback.format_exc())
             sys.exit(1)
         raise
+    _leave_group()
+    return result
 
 
 def _store():
