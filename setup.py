@@ -33,7 +33,8 @@ setup(
     ],
     extras_require={
         # ruff pinned: `make test` checks the formatting, which changes between ruff versions.
-        "test": ["pytest", "ruff==0.17.6"],
+        # pytest-xdist: `make test` runs the tests in two processes.
+        "test": ["pytest", "pytest-xdist>=3", "ruff==0.17.6"],
         # ONNX export and running exported models in onnxruntime (docs/export.md); the
         # numpy<2 above makes pip pick builds that work with numpy 1.26.
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
