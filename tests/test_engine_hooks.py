@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from d2_finetune.checkpoint import FinetuneCheckpointer
@@ -169,6 +170,7 @@ def _first_losses(tiny_cfg, out, **overrides):
         output_dir=str(out),
         **{"train.max_iter": 2, "lr_multiplier.steps": [1], "train.eval_period": 2, **overrides},
     )
+    seed_all_rng(0)  # as train_net.py does: both runs sample the same RoIs from the same state
     trainer = FinetuneTrainer(cfg)
     trainer.resume_or_load(resume=False)
     seen = {}
