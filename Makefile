@@ -17,7 +17,7 @@ $(STAMP): $(VPY) setup.py scripts/setup_env.py
 
 # The tests run in two pytest processes: each test file in one of them (its module fixtures
 # made once), with one torch thread each, so that they share the cores instead of fighting
-# over them (10 minutes become about 6 on 2 cores).
+# over them (on 2 cores: 6 to 8 minutes instead of 10 to 11).
 test: $(STAMP)
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
