@@ -90,6 +90,24 @@ def logged_iteration(out, iteration):
     return any(row.get("iteration", -1) >= iteration for row in rows)
 
 
+def logged_sampler_seed(log_file):
+    """The data order's seed that a run wrote to ``log_file`` ("Data order: sampler seed N")."""
+    with open(log_file) as f:
+        return f.read().split("Data order: sampler seed ", 1)[1].split()[0]
+
+
+def from_first_checkpoint(out, folder):
+    """A new run folder ``folder`` holding only the first checkpoint (iteration 0) of the run in
+    ``out``, named in its last_checkpoint: ``--resume`` there is that run, uninterrupted."""
+    import shutil
+
+    os.makedirs(folder)
+    shutil.copy(os.path.join(out, "model_0000000.pth"), folder)
+    with open(os.path.join(folder, "last_checkpoint"), "w") as f:
+        f.write("model_0000000.pth")
+    return str(folder)
+
+
 def error_lines(proc):
     """The ``ERROR:`` lines a finished run printed, on stdout and stderr together."""
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("ERROR:")]

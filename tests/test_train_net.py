@@ -7,7 +7,15 @@ import sys
 import pytest
 import yaml
 
-from conftest import DEMO_CONFIG, REPO, assert_one_error_line, run_script, tiny_overrides
+from conftest import (
+    DEMO_CONFIG,
+    REPO,
+    assert_one_error_line,
+    from_first_checkpoint,
+    logged_sampler_seed,
+    run_script,
+    tiny_overrides,
+)
 
 TRAIN_NET = os.path.join(REPO, "scripts", "train_net.py")
 
@@ -93,8 +101,9 @@ def test_divergence_stops_with_the_iteration_losses_and_last_good_checkpoint(tra
     import torch
 
     out = str(tmp_path / "nan")
-    shutil.copytree(trained[0], out)
-    overrides = trained[1] + [f"train.output_dir={out}"]
+    trained_out, trained_overrides, _ = trained
+    shutil.copytree(trained_out, out)
+    overrides = trained_overrides + [f"train.output_dir={out}"]
     good = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
     proc = run(
         [
@@ -147,7 +156,6 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
     the weights of an uninterrupted run from the same start: the data order (the sampler's
     seed) and the random streams come back from the checkpoint."""
     import glob
-    import shutil
 
     import torch
 
@@ -185,8 +193,7 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
             torch.load(os.path.join(out, named), weights_only=True)  # complete and readable
             caught_mid_write |= bool(glob.glob(os.path.join(out, "*.pth.*.tmp")))
     assert caught_mid_write
-    with open(tmp_path / "log.txt") as f:
-        seed = f.read().split("Data order: sampler seed ", 1)[1].split()[0]
+    seed = logged_sampler_seed(tmp_path / "log.txt")
     resume_from = torch.load(os.path.join(out, named), weights_only=True)["iteration"] + 1
     assert resume_from >= 3
     proc = run(args)
@@ -195,17 +202,14 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tiny_init, tmp_
     assert not glob.glob(os.path.join(out, "*.tmp"))
 
     # The uninterrupted run: from the first checkpoint of the same run, in a folder of its own.
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    shutil.copy(os.path.join(out, "model_0000000.pth"), reference)
-    (reference / "last_checkpoint").write_text("model_0000000.pth")
-    straight = run(["--config-file", DEMO_CONFIG, "--resume", *overrides(str(reference))])
+    reference = from_first_checkpoint(out, tmp_path / "reference")
+    straight = run(["--config-file", DEMO_CONFIG, "--resume", *overrides(reference)])
     assert f"Continuing the data order of sampler seed {seed} " in straight.stdout
     assert "Starting training from iteration 1" in straight.stdout + straight.stderr
 
     final, expected = (
         torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
-        for folder in (out, str(reference))
+        for folder in (out, reference)
     )
     assert final["iteration"] == expected["iteration"] == 5
     for key, value in expected["model"].items():

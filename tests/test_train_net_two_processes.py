@@ -18,7 +18,15 @@ import time
 import pytest
 import torch
 
-from conftest import DEMO_CONFIG, REPO, assert_one_error_line, run_script, tiny_overrides
+from conftest import (
+    DEMO_CONFIG,
+    REPO,
+    assert_one_error_line,
+    from_first_checkpoint,
+    logged_sampler_seed,
+    run_script,
+    tiny_overrides,
+)
 
 TIMEOUT = 150  # seconds for one run; the slowest here takes about 25
 
@@ -301,22 +309,18 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
     with open(tmp_path / "log.txt", "w") as log:
         proc = start(two(overrides(out)), log)
         assert kill_group_when(proc, writing_after_1), "the run ended before it could be killed"
-    with open(tmp_path / "log.txt") as f:
-        seed = f.read().split("Data order: sampler seed ", 1)[1].split()[0]
+    seed = logged_sampler_seed(tmp_path / "log.txt")
     resumed = run(two(["--resume", *overrides(out)]))
     assert f"Continuing the data order of sampler seed {seed} " in resumed.stdout
 
     # The uninterrupted run: from the first checkpoint of the same run, in a folder of its own.
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    shutil.copy(os.path.join(out, "model_0000000.pth"), reference)
-    (reference / "last_checkpoint").write_text("model_0000000.pth")
-    straight = run(two(["--resume", *overrides(str(reference))]))
+    reference = from_first_checkpoint(out, tmp_path / "reference")
+    straight = run(two(["--resume", *overrides(reference)]))
     assert f"Continuing the data order of sampler seed {seed} " in straight.stdout
     assert "Starting training from iteration 1" in straight.stdout
 
     final, expected = (
-        weights(os.path.join(folder, "model_final.pth")) for folder in (out, str(reference))
+        weights(os.path.join(folder, "model_final.pth")) for folder in (out, reference)
     )
     assert final["iteration"] == expected["iteration"] == 3
     for key, value in expected["model"].items():
